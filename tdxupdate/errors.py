@@ -1,0 +1,128 @@
+"""One exception hierarchy; each error knows its stable token and exit code.
+
+The table is ``cli-contract.md`` §2. Only ``tdxupdate.cli.main`` turns a :class:`TdxError`
+into an exit code and a line on stderr; nothing else calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+#: error.code token -> exit code (cli-contract.md §2).
+EXIT_CODES: dict[str, int] = {
+    "kernel-error": 1,
+    "version-mismatch": 1,
+    "module-lost": 1,
+    "usage": 64,
+    "mapping-invalid": 65,
+    "mapping-unsupported": 65,
+    "image-invalid": 65,
+    "version-unknown": 65,
+    "not-eligible": 65,
+    "trusted-keys-invalid": 65,
+    "config-invalid": 78,
+    "repository-not-found": 66,
+    "mapping-not-found": 66,
+    "image-not-found": 66,
+    "trusted-keys-not-found": 66,
+    "config-not-found": 66,
+    "no-tdx-host": 69,
+    "unsupported-kernel": 69,
+    "no-upload-interface": 69,
+    "no-remaining-updates": 69,
+    "version-unreadable": 69,
+    "cpu-unknown": 69,
+    "fuse-unavailable": 69,
+    "io-error": 74,
+    "network-error": 74,
+    "locked": 75,
+    "upload-busy": 75,
+    "device-busy": 75,
+    "cpus-offline": 75,
+    "timeout": 75,
+    "permission-denied": 77,
+    "interrupted": 130,
+}
+
+#: Exit codes that are "permanent" (need an administrator): they win over transient ones.
+PERMANENT_EXIT_CODES = frozenset({69, 77})
+
+
+class TdxError(Exception):
+    """A failure with a stable token (``error.code``) and a documented exit code."""
+
+    code: str = "io-error"
+
+    def __init__(self, message: str, *, code: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if self.code not in EXIT_CODES:
+            raise ValueError(f"unknown error token {self.code!r}")
+        self.message = message
+        self._exit_code = exit_code
+
+    @property
+    def exit_code(self) -> int:
+        return self._exit_code if self._exit_code is not None else EXIT_CODES[self.code]
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "exit_code": self.exit_code}
+
+
+class UsageError(TdxError):
+    code = "usage"
+
+
+class DataError(TdxError):
+    """Bad data (exit 65): mapping, image, version, trusted keys."""
+
+    code = "mapping-invalid"
+
+
+class InvalidImage(DataError):
+    """An image failed a check of image-formats.md §4. ``check`` names the failed check."""
+
+    code = "image-invalid"
+
+    def __init__(self, message: str, *, check: str = "container"):
+        super().__init__(message)
+        self.check = check
+
+
+class NotFound(TdxError):
+    code = "repository-not-found"
+
+
+class Unavailable(TdxError):
+    code = "no-tdx-host"
+
+
+class IOFailure(TdxError):
+    code = "io-error"
+
+
+class TryLater(TdxError):
+    code = "upload-busy"
+
+
+class PermissionDenied(TdxError):
+    code = "permission-denied"
+
+
+class KernelFailure(TdxError):
+    code = "kernel-error"
+
+
+class Interrupted(TdxError):
+    code = "interrupted"
+
+
+def from_oserror(exc: OSError, what: str) -> TdxError:
+    """Map an OSError raised while touching ``what`` to the documented error class."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (_errno.EACCES, _errno.EPERM):
+        return PermissionDenied(f"{what}: permission denied (run as root)")
+    if exc.errno == _errno.ENOENT:
+        return IOFailure(f"{what}: does not exist")
+    return IOFailure(f"{what}: {reason}")

@@ -1,0 +1,45 @@
+"""TDX module and P-SEAMLDR versions: ``major.minor.update``, compared as integer tuples.
+
+image-formats.md §5: sysfs prints the update field with at least two digits (``1.5.06``),
+except the v2 kernel series, which printed the P-SEAMLDR version unpadded (``1.5.0``).
+Both parse to the same value; versions always print normalised as ``M.m.uu``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_VERSION_RE = re.compile(r"^\s*(\d{1,5})\.(\d{1,5})\.(\d{1,5})\s*$")
+
+
+class Version(NamedTuple):
+    major: int
+    minor: int
+    update: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        """Parse ``M.m.u`` (surrounding whitespace and a trailing newline allowed)."""
+        if not isinstance(text, str):
+            raise ValueError(f"expected a version string, got {type(text).__name__}")
+        m = _VERSION_RE.match(text)
+        if m is None:
+            shown = text.strip() if text.strip() else repr(text)
+            raise ValueError(f"{shown!s} is not a version of the form major.minor.update")
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+    @property
+    def stream(self) -> tuple[int, int]:
+        """The ``(major, minor)`` Z-stream this version belongs to."""
+        return (self.major, self.minor)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.update:02d}"
+
+
+def try_parse(text: str) -> Version | None:
+    try:
+        return Version.parse(text)
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Shared pytest fixtures (owned by the lead; factories live in tests/factories/)."""
