@@ -1,0 +1,922 @@
+"""TDX module images: Formats A (0x100) and B (0x200), the sigstruct, verification, conversion.
+
+Implements image-formats.md §1–§4 (and kernel-abi.md §4, the kernel's view of the same
+containers). Everything here works on bytes and does no I/O, except the two readers at the end
+(:func:`read_head`, :func:`read_image`) that bound how much of a file is ever read.
+
+Layout of the work:
+
+* :func:`inspect` parses the header page and the sigstruct from the first ``HEAD_SIZE`` bytes
+  and the file size, and raises :class:`~tdxupdate.errors.InvalidImage` (check ``container``)
+  on the first broken container or sigstruct-header rule.
+* :func:`header_checks` runs the checks that need only that parsed head: signature,
+  trusted-signer, version, debug, cpuid-table.
+* :func:`verify` runs every check of §4 over a whole image (one checksum pass, one SHA-384 pass)
+  and never raises; the result lists the checks in :data:`CHECK_NAMES` order.
+* :func:`convert` rewrites A <-> B byte-exactly; :func:`build` and :func:`make_sigstruct`
+  assemble images (the emulator and the tests forge their own, signed with their own key).
+
+Rules decided here where the spec leaves room (all documented at the check that applies them):
+
+* The sigstruct area after the 2048-byte sigstruct must be zero (Intel's tools write zeros; a
+  conversion drops those bytes, so a non-zero pad would be silently lost).
+* The sigstruct area is at most 4 pages in both formats (kernels v4+ accept at most 4), and the
+  module at most 496 pages (every kernel generation's limit), which bounds :data:`MAX_IMAGE_SIZE`.
+* ``cpuid_table_size`` <= 255 is a hard header rule (``container``), because the table has only
+  255 slots. The ``cpuid-table`` check then asks that the table list at least one CPU and no
+  zero signature: an empty table makes a module installable nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+import sys
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tdxupdate.errors import InvalidImage, NotFound, from_oserror
+from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
+from tdxupdate.versions import Version
+
+FORMAT_A = 0x100
+FORMAT_B = 0x200
+PAGE_SIZE = 4096
+SIGSTRUCT_SIZE = 2048
+HEAD_SIZE = 8192  # header page + the sigstruct's first page: all inspect() needs
+MAX_MODULE_PAGES = 496  # kernel limit in every generation (kernel-abi.md §4)
+MAX_SIGSTRUCT_PAGES = 4  # v4+ kernels: a sigstruct area of at most 16 KiB
+MAX_KERNEL_IMAGE_SIZE = 2_039_808  # merged kernel: 4096 * (1 + 1 + 496)
+#: The largest image ever read: a header page, a 4-page sigstruct area and 496 module pages.
+MAX_IMAGE_SIZE = PAGE_SIZE * (1 + MAX_SIGSTRUCT_PAGES + MAX_MODULE_PAGES)
+#: The smallest valid image: header page, one sigstruct page, one module page.
+MIN_IMAGE_SIZE = 3 * PAGE_SIZE
+INTEL_PRODUCTION_SIGNER = "c821f41f83e0dc73e272852ffc176bcd9ae1e93a4fccec88772c9b4ff2eaa75f"
+CHECK_NAMES = (
+    "container",
+    "checksum",
+    "seamhash",
+    "signature",
+    "trusted-signer",
+    "version",
+    "debug",
+    "cpuid-table",
+)
+FORMAT_NAMES = {FORMAT_A: "Format A (0x100)", FORMAT_B: "Format B (0x200)"}
+
+MAGIC = b"TDX-BLOB"
+SIGSTRUCT_OFFSET = 0x1000  # in both formats
+RSA_KEY_BYTES = 384  # RSA-3072
+MAX_CPUID_ENTRIES = 255
+DEBUG_BIT = 1 << 31  # sigstruct module_type bit 31: debug-signed
+
+# Offsets inside the sigstruct of the two parts covered by the signature: the header up to the
+# modulus, and the body from SEAMHASH on (image-formats.md §4.3).
+_SIGNED_HEAD_END = 128
+_SIGNED_BODY_START = 900
+
+
+@dataclass(frozen=True)
+class Field:
+    """One little-endian field of a declared layout: an integer (size 1, 2, 4, 8) or raw bytes."""
+
+    name: str
+    offset: int
+    size: int
+    raw: bool = False  # True: kept as bytes (magic, arrays, reserved areas)
+
+    def read_bytes(self, buf: bytes | memoryview) -> bytes:
+        return bytes(buf[self.offset : self.offset + self.size])
+
+    def read_int(self, buf: bytes | memoryview) -> int:
+        return int.from_bytes(buf[self.offset : self.offset + self.size], "little")
+
+    def write(self, buf: bytearray, value: int | bytes) -> None:
+        data = value if isinstance(value, bytes) else value.to_bytes(self.size, "little")
+        if len(data) != self.size:
+            raise ValueError(f"{self.name}: {len(data)} bytes do not fit a {self.size}-byte field")
+        buf[self.offset : self.offset + self.size] = data
+
+
+def _layout(*fields: Field) -> dict[str, Field]:
+    return {f.name: f for f in fields}
+
+
+# Format A, "tdx_blob" v0x100: a 4096-byte header (image-formats.md §1, Intel blob_structure.txt).
+FORMAT_A_HEADER = _layout(
+    Field("version", 0x000, 2),  # 0x0100
+    Field("checksum", 0x002, 2),  # whole file's 16-bit word sum is 0 (§2)
+    Field("offset_of_module", 0x004, 4),  # page multiple > 0x1000; 0x2000 in published blobs
+    Field("signature", 0x008, 8, raw=True),  # ASCII "TDX-BLOB", no NUL
+    Field("length", 0x010, 4),  # the file size (v8 kernels stopped checking it; we do)
+    Field("reserved0", 0x014, 4),  # 0
+    Field("reserved1", 0x018, 4072, raw=True),  # u64[509], all 0
+)
+
+# Format B, "tdx_image" v0x200: a 4096-byte header (image-formats.md §1, kernel v9+).
+FORMAT_B_HEADER = _layout(
+    Field("version", 0x000, 2),  # 0x0200
+    Field("checksum", 0x002, 2),  # same rule as A; only the EFI loader checks it
+    Field("signature", 0x004, 8, raw=True),  # ASCII "TDX-BLOB"
+    Field("sigstruct_nr_pages", 0x00C, 4),  # 1 for a 2 KiB sigstruct (merged kernel: <= 1)
+    Field("module_nr_pages", 0x010, 4),  # module pages; <= 496
+    Field("reserved", 0x014, 4076, raw=True),  # all 0: the header is exactly one page
+)
+
+# SEAM_SIGSTRUCT, 2048 bytes at image offset 0x1000 (image-formats.md §3, P-SEAMLDR
+# seam_sigstruct.h). Only the fields the verifier reads are declared; the rest of the body
+# (attributes, page counts, handoff versions) is covered by the signature.
+SIGSTRUCT_LAYOUT = _layout(
+    Field("header_type", 0, 4),  # 6
+    Field("header_length", 4, 4),  # 0xE1
+    Field("header_version", 8, 4),  # 0x10000
+    Field("module_type", 12, 4),  # bit 31 = debug-signed
+    Field("module_vendor", 16, 4),  # 0x8086
+    Field("date", 20, 4),  # BCD yyyymmdd
+    Field("size", 24, 4),  # 0x200 dwords
+    Field("key_size", 28, 4),  # 0x60 dwords
+    Field("modulus_size", 32, 4),  # 0x60 dwords
+    Field("exponent_size", 36, 4),  # 1 dword
+    Field("reserved0", 40, 88, raw=True),
+    Field("modulus", 128, RSA_KEY_BYTES, raw=True),  # little-endian integer
+    Field("exponent", 512, 4),  # 65537
+    Field("signature", 516, RSA_KEY_BYTES, raw=True),  # little-endian integer
+    Field("seamhash", 900, 48, raw=True),  # SHA-384 of the module pages
+    Field("seamsvn", 948, 2),  # security version; independent of the module version
+    Field("version", 1000, 4, raw=True),  # u16 update, u8 minor, u8 major (2.0.x); 0 in 1.5.x
+    Field("cpuid_table_size", 1024, 4),  # <= 255
+    Field("cpuid_table", 1028, 4 * MAX_CPUID_ENTRIES, raw=True),  # CPUID.1.EAX values
+)
+
+# Hard sigstruct header values (image-formats.md §4.1): anything else is not a sigstruct
+# P-SEAMLDR accepts, so the image is refused before any signature work.
+_SIGSTRUCT_CONSTANTS = {
+    "header_type": 6,
+    "header_length": 0xE1,
+    "header_version": 0x10000,
+    "module_vendor": 0x8086,
+    "size": 0x200,
+    "key_size": 0x60,
+    "modulus_size": 0x60,
+    "exponent_size": 1,
+    "exponent": 65537,
+}
+
+
+def _hex(value: int, width: int = 0) -> str:
+    return f"0x{value:0{width}x}"
+
+
+def _short(digest_hex: str, other_hex: str = "", n: int = 16) -> str:
+    """Abbreviate a hex digest, long enough to show where it differs from ``other_hex``."""
+    if other_hex:
+        common = next(
+            (i for i, (a, b) in enumerate(zip(digest_hex, other_hex, strict=False)) if a != b),
+            min(len(digest_hex), len(other_hex)),
+        )
+        n = max(n, common + 4)
+    return digest_hex if len(digest_hex) <= n else digest_hex[:n] + "…"
+
+
+def _pages(n: int, what: str) -> str:
+    return f"{n} {what} page" + ("" if n == 1 else "s")
+
+
+def _container_error(message: str) -> InvalidImage:
+    return InvalidImage(message, check="container")
+
+
+@dataclass(frozen=True)
+class Sigstruct:
+    """A parsed 2048-byte SEAM_SIGSTRUCT (image-formats.md §3)."""
+
+    raw: bytes
+    header_type: int
+    header_length: int
+    header_version: int
+    module_type: int
+    module_vendor: int
+    date: int
+    size: int
+    key_size: int
+    modulus_size: int
+    exponent_size: int
+    modulus: bytes  # 384 bytes as stored (little-endian integer)
+    exponent: int
+    signature: bytes  # 384 bytes as stored (little-endian integer)
+    seamhash: bytes
+    seamsvn: int
+    version: Version | None  # bytes at 1000; None when all four are zero (1.5.x blobs)
+    cpuid_table: tuple[int, ...]
+
+    @property
+    def is_debug(self) -> bool:
+        return bool(self.module_type & DEBUG_BIT)
+
+    @property
+    def signer(self) -> str:
+        """SHA-256 hex of the 384 modulus bytes as stored: the trusted-signer identity (§4.4)."""
+        return hashlib.sha256(self.modulus).hexdigest()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Sigstruct:
+        """Parse and apply the hard header checks; raises InvalidImage (check ``container``)."""
+        raw = bytes(raw)
+        if len(raw) != SIGSTRUCT_SIZE:
+            raise _container_error(f"sigstruct is {len(raw)} bytes, expected {SIGSTRUCT_SIZE}")
+        layout = SIGSTRUCT_LAYOUT
+        f = {name: field.read_int(raw) for name, field in layout.items() if not field.raw}
+        for name, expected in _SIGSTRUCT_CONSTANTS.items():
+            if f[name] != expected:
+                raise _container_error(
+                    f"sigstruct {name} is {_hex(f[name])}, expected {_hex(expected)}"
+                )
+        count = f["cpuid_table_size"]
+        if count > MAX_CPUID_ENTRIES:
+            raise _container_error(
+                f"sigstruct cpuid_table_size is {count}, the table holds at most "
+                f"{MAX_CPUID_ENTRIES} entries"
+            )
+        version_bytes = layout["version"].read_bytes(raw)
+        version = None
+        if any(version_bytes):
+            update, minor, major = struct.unpack("<HBB", version_bytes)
+            version = Version(major, minor, update)
+        return cls(
+            raw=raw,
+            header_type=f["header_type"],
+            header_length=f["header_length"],
+            header_version=f["header_version"],
+            module_type=f["module_type"],
+            module_vendor=f["module_vendor"],
+            date=f["date"],
+            size=f["size"],
+            key_size=f["key_size"],
+            modulus_size=f["modulus_size"],
+            exponent_size=f["exponent_size"],
+            modulus=layout["modulus"].read_bytes(raw),
+            exponent=f["exponent"],
+            signature=layout["signature"].read_bytes(raw),
+            seamhash=layout["seamhash"].read_bytes(raw),
+            seamsvn=f["seamsvn"],
+            version=version,
+            cpuid_table=struct.unpack_from(f"<{count}I", raw, layout["cpuid_table"].offset),
+        )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`inspect` learns from the head of an image: header and sigstruct, no module."""
+
+    format: int
+    size: int
+    checksum_field: int
+    module_offset: int
+    module_size: int
+    sigstruct_area_size: int
+    sigstruct: Sigstruct
+
+    @property
+    def module_pages(self) -> int:
+        return self.module_size // PAGE_SIZE
+
+    @property
+    def sigstruct_pages(self) -> int:
+        return self.sigstruct_area_size // PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    info: ImageInfo | None  # None when the container could not be parsed
+    checks: tuple[Check, ...]  # in CHECK_NAMES order
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing the head
+
+
+def inspect(head: bytes | bytearray | memoryview, size: int) -> ImageInfo:
+    """Parse the container and sigstruct from the first ``HEAD_SIZE`` bytes of an image.
+
+    ``head`` holds the first ``min(size, HEAD_SIZE)`` bytes (more is accepted and ignored) of an
+    image of ``size`` bytes. Applies every rule of image-formats.md §1 and the hard sigstruct
+    header checks of §4.1 that need no module bytes: magic first, then the format version and
+    size limits, then the header fields, then the sigstruct. Raises InvalidImage (``container``).
+    """
+    view = memoryview(head).cast("B")[:HEAD_SIZE]
+    if size < 0 or len(view) < min(size, HEAD_SIZE) or len(view) > size:
+        raise _container_error(
+            f"head holds {len(view)} bytes, expected the first {min(max(size, 0), HEAD_SIZE)} "
+            f"bytes of a {size}-byte image"
+        )
+    fmt = _identify(view, size)
+    if size > MAX_IMAGE_SIZE:
+        raise _container_error(
+            f"image is {size} bytes, larger than the largest possible image "
+            f"({MAX_IMAGE_SIZE} bytes)"
+        )
+    if size < MIN_IMAGE_SIZE:
+        raise _container_error(
+            f"image is {size} bytes, shorter than the smallest possible image ({MIN_IMAGE_SIZE} "
+            "bytes: header, sigstruct and module pages)"
+        )
+    if fmt == FORMAT_A:
+        checksum, module_offset, area = _inspect_format_a(view, size)
+    else:
+        checksum, module_offset, area = _inspect_format_b(view, size)
+    module_size = size - module_offset
+    if module_size % PAGE_SIZE:
+        raise _container_error(
+            f"module is {module_size} bytes, not a whole number of {PAGE_SIZE}-byte pages"
+        )
+    if module_size // PAGE_SIZE > MAX_MODULE_PAGES:
+        raise _container_error(
+            f"module is {module_size // PAGE_SIZE} pages, more than the {MAX_MODULE_PAGES} "
+            "the kernel accepts"
+        )
+    sigstruct = Sigstruct.parse(bytes(view[SIGSTRUCT_OFFSET : SIGSTRUCT_OFFSET + SIGSTRUCT_SIZE]))
+    # Only the part of the padding inside the head is checked here; verify() checks the rest.
+    _check_padding(view, SIGSTRUCT_OFFSET + SIGSTRUCT_SIZE, min(module_offset, HEAD_SIZE))
+    return ImageInfo(
+        format=fmt,
+        size=size,
+        checksum_field=checksum,
+        module_offset=module_offset,
+        module_size=module_size,
+        sigstruct_area_size=area,
+        sigstruct=sigstruct,
+    )
+
+
+def _identify(view: memoryview, size: int) -> int:
+    """The format, from the magic and the version field; raises InvalidImage otherwise."""
+    a_magic = FORMAT_A_HEADER["signature"]
+    b_magic = FORMAT_B_HEADER["signature"]
+    has_a = a_magic.read_bytes(view) == MAGIC
+    has_b = b_magic.read_bytes(view) == MAGIC
+    version = FORMAT_A_HEADER["version"].read_int(view)
+    if not (has_a or has_b):
+        if len(view) < a_magic.offset + a_magic.size:
+            raise _container_error(
+                f"image is {size} bytes, too short to hold a header ({PAGE_SIZE} bytes)"
+            )
+        if version in FORMAT_NAMES:
+            where = a_magic if version == FORMAT_A else b_magic
+            found = where.read_bytes(view)
+            raise _container_error(
+                f"no {MAGIC.decode()} signature at offset {_hex(where.offset)} "
+                f"(found {found!r}) for the version field {_hex(version, 4)}"
+            )
+        raise _container_error(
+            f"not a TDX module image: no {MAGIC.decode()} signature at offset 0x4 or 0x8"
+        )
+    if version == FORMAT_A and has_a:
+        return FORMAT_A
+    if version == FORMAT_B and has_b:
+        return FORMAT_B
+    layout = "Format A" if has_a else "Format B"
+    expected = FORMAT_A if has_a else FORMAT_B
+    raise _container_error(
+        f"version field is {_hex(version, 4)}, but the {MAGIC.decode()} signature sits where "
+        f"{layout} puts it, whose version is {_hex(expected, 4)}"
+    )
+
+
+def _first_nonzero(data: bytes) -> int | None:
+    rest = data.lstrip(b"\0")
+    return len(data) - len(rest) if rest else None
+
+
+def _check_reserved(view: memoryview, field: Field) -> None:
+    data = field.read_bytes(view)
+    if (i := _first_nonzero(data)) is not None:
+        raise _container_error(
+            f"header {field.name} is not zero: byte {data[i]:#04x} at offset "
+            f"{_hex(field.offset + i)}"
+        )
+
+
+def _check_padding(view: memoryview, start: int, end: int) -> None:
+    """The sigstruct area after the 2048-byte sigstruct must be zero (see the module docstring)."""
+    pad = bytes(view[start:end])
+    if (i := _first_nonzero(pad)) is not None:
+        raise _container_error(
+            f"sigstruct padding is not zero: byte {pad[i]:#04x} at offset {_hex(start + i)}"
+        )
+
+
+def _inspect_format_a(view: memoryview, size: int) -> tuple[int, int, int]:
+    h = {name: field.read_int(view) for name, field in FORMAT_A_HEADER.items() if not field.raw}
+    offset = h["offset_of_module"]
+    length = h["length"]
+    if length != size:
+        raise _container_error(f"header length is {length} bytes, but the file is {size} bytes")
+    if offset % PAGE_SIZE or offset <= SIGSTRUCT_OFFSET:
+        raise _container_error(
+            f"header offset_of_module is {_hex(offset)}, expected a multiple of {_hex(PAGE_SIZE)} "
+            f"above {_hex(SIGSTRUCT_OFFSET)}"
+        )
+    area = offset - SIGSTRUCT_OFFSET
+    if area > MAX_SIGSTRUCT_PAGES * PAGE_SIZE:
+        raise _container_error(
+            f"header offset_of_module is {_hex(offset)}: a sigstruct area of {area // PAGE_SIZE} "
+            f"pages, more than the {MAX_SIGSTRUCT_PAGES} any kernel accepts"
+        )
+    if offset >= size:
+        raise _container_error(
+            f"header offset_of_module is {_hex(offset)}, but the file ends at {_hex(size)}: "
+            "the module is empty"
+        )
+    _check_reserved(view, FORMAT_A_HEADER["reserved0"])
+    _check_reserved(view, FORMAT_A_HEADER["reserved1"])
+    return h["checksum"], offset, area
+
+
+def _inspect_format_b(view: memoryview, size: int) -> tuple[int, int, int]:
+    h = {name: field.read_int(view) for name, field in FORMAT_B_HEADER.items() if not field.raw}
+    sig_pages = h["sigstruct_nr_pages"]
+    mod_pages = h["module_nr_pages"]
+    if not 1 <= sig_pages <= MAX_SIGSTRUCT_PAGES:
+        raise _container_error(
+            f"header sigstruct_nr_pages is {sig_pages}, expected 1 to {MAX_SIGSTRUCT_PAGES}"
+        )
+    if not 1 <= mod_pages <= MAX_MODULE_PAGES:
+        raise _container_error(
+            f"header module_nr_pages is {mod_pages}, expected 1 to {MAX_MODULE_PAGES}"
+        )
+    expected = PAGE_SIZE * (1 + sig_pages + mod_pages)
+    if size != expected:
+        raise _container_error(
+            f"file is {size} bytes, but the header says 4096 × (1 + {sig_pages} + {mod_pages}) "
+            f"= {expected} bytes"
+        )
+    _check_reserved(view, FORMAT_B_HEADER["reserved"])
+    area = sig_pages * PAGE_SIZE
+    return h["checksum"], SIGSTRUCT_OFFSET + area, area
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def checksum16(data: bytes | bytearray | memoryview) -> int:
+    """Sum of the 16-bit little-endian words of ``data`` mod 2^16 (image-formats.md §2).
+
+    An odd trailing byte counts as a low byte. A valid image sums to 0.
+    """
+    view = memoryview(data).cast("B")
+    even = len(view) & ~1
+    if sys.byteorder == "little":
+        total = sum(view[:even].cast("H"))
+    else:  # pragma: no cover - big-endian hosts do not run TDX, but the tool may
+        total = sum(int.from_bytes(view[i : i + 2], "little") for i in range(0, even, 2))
+    if even != len(view):
+        total += view[even]
+    return total & 0xFFFF
+
+
+def signed_message(sigstruct_raw: bytes) -> bytes:
+    """The bytes the signature covers: header up to the modulus, body from SEAMHASH on (§4.3)."""
+    return bytes(sigstruct_raw[:_SIGNED_HEAD_END]) + bytes(
+        sigstruct_raw[_SIGNED_BODY_START:SIGSTRUCT_SIZE]
+    )
+
+
+def _decode_signature(sig: Sigstruct) -> bytes | None:
+    """``sig^e mod n`` as the 384-byte big-endian encoded block, None if it cannot be computed."""
+    n = int.from_bytes(sig.modulus, "little")
+    s = int.from_bytes(sig.signature, "little")
+    # A modulus with a zero top byte would make the block shorter than 384 bytes; P-SEAMLDR
+    # keys are full RSA-3072, so anything else is refused rather than reinterpreted.
+    if n.bit_length() <= 8 * (RSA_KEY_BYTES - 1) or n % 2 == 0 or not 0 < s < n:
+        return None
+    return pow(s, sig.exponent, n).to_bytes(RSA_KEY_BYTES, "big")
+
+
+def _expected_block(sig: Sigstruct) -> bytes:
+    return emsa_pkcs1_v15_sha384(signed_message(sig.raw), RSA_KEY_BYTES)
+
+
+def verify_signature(sig: Sigstruct) -> bool:
+    """RSA-3072 PKCS#1 v1.5 SHA-384 over :func:`signed_message` (image-formats.md §4.3).
+
+    The whole 384-byte encoded block is compared with the expected one (no parsing of the
+    padding, so no Bleichenbacher-style lenient decoding).
+    """
+    em = _decode_signature(sig)
+    return em is not None and em == _expected_block(sig)
+
+
+def _signature_check(sig: Sigstruct) -> Check:
+    expected = _expected_block(sig)
+    message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
+    em = _decode_signature(sig)
+    if em == expected:
+        return Check(
+            "signature",
+            True,
+            f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
+            f"(SHA-384 {_short(message_digest)})",
+        )
+    if em is None:
+        detail = (
+            "signature cannot be checked: the modulus is not an odd 3072-bit number or the "
+            "signature value is not below it"
+        )
+    elif em[:-48] == expected[:-48]:
+        # A well-formed block over another message: show both digests.
+        signed_digest = em[-48:].hex()
+        detail = (
+            f"signature mismatch: the signature is over SHA-384 "
+            f"{_short(signed_digest, message_digest)}, the sigstruct hashes to "
+            f"{_short(message_digest, signed_digest)}"
+        )
+    else:
+        detail = (
+            "signature mismatch: it does not decode to a PKCS#1 v1.5 SHA-384 block under "
+            f"the sigstruct's modulus (signer {_short(sig.signer)}); the sigstruct hashes to "
+            f"{_short(message_digest)}"
+        )
+    return Check("signature", False, detail)
+
+
+def _normalise_signers(trusted_signers: Collection[str]) -> frozenset[str]:
+    return frozenset(s.strip().lower() for s in trusted_signers)
+
+
+def _trusted_signer_check(sig: Sigstruct, trusted: frozenset[str]) -> Check:
+    signer = sig.signer
+    if signer in trusted:
+        who = "Intel's production key" if signer == INTEL_PRODUCTION_SIGNER else "a trusted key"
+        return Check("trusted-signer", True, f"signed by {signer} ({who})")
+    known = ", ".join(_short(s, n=8) for s in sorted(trusted)) or "none"
+    return Check(
+        "trusted-signer",
+        False,
+        f"signed by {signer} which is not a trusted key (trusted: {known})",
+    )
+
+
+def _version_check(sig: Sigstruct, expected: Version | None) -> Check:
+    carried = sig.version
+    if carried is None:
+        against = f"; {expected} cannot be cross-checked" if expected is not None else ""
+        return Check(
+            "version",
+            True,
+            f"the image does not carry its version (sigstruct bytes 1000–1003 are zero){against}",
+        )
+    if expected is None:
+        return Check("version", True, f"sigstruct carries {carried}; no expected version given")
+    if carried != expected:
+        return Check(
+            "version",
+            False,
+            f"version mismatch: the sigstruct carries {carried}, expected {expected} "
+            "(file name or mapping entry)",
+        )
+    return Check("version", True, f"sigstruct carries {carried}, as expected")
+
+
+def _debug_check(sig: Sigstruct, allow_debug: bool) -> Check:
+    module_type = _hex(sig.module_type, 8)
+    if not sig.is_debug:
+        return Check("debug", True, f"production-signed (module_type {module_type})")
+    if allow_debug:
+        return Check("debug", True, f"debug-signed (module_type {module_type}); debug allowed")
+    return Check(
+        "debug",
+        False,
+        f"debug-signed (module_type {module_type}, bit 31 set) and debug modules are not allowed",
+    )
+
+
+def _cpuid_table_check(sig: Sigstruct) -> Check:
+    table = sig.cpuid_table
+    if not table:
+        return Check("cpuid-table", False, "the cpuid table is empty: the module supports no CPU")
+    zero = [i for i, value in enumerate(table) if value == 0]
+    if zero:
+        return Check(
+            "cpuid-table",
+            False,
+            f"cpuid table entry {zero[0]} of {len(table)} is 0, not a CPU signature",
+        )
+    return Check("cpuid-table", True, "supports " + ", ".join(_hex(v) for v in table))
+
+
+def _checksum_check(view: memoryview) -> Check:
+    total = checksum16(view)
+    field = FORMAT_A_HEADER["checksum"].read_int(view)  # at offset 2 in both formats
+    if total == 0:
+        return Check("checksum", True, f"16-bit word sum is 0 (checksum field {_hex(field, 4)})")
+    return Check(
+        "checksum",
+        False,
+        f"checksum mismatch: the 16-bit word sum is {_hex(total, 4)}, must be 0x0000 (the "
+        f"checksum field holds {_hex(field, 4)}, {_hex((field - total) & 0xFFFF, 4)} would "
+        "balance it)",
+    )
+
+
+def header_checks(
+    info: ImageInfo,
+    *,
+    trusted_signers: Collection[str],
+    allow_debug: bool,
+    expected_version: Version | None,
+) -> tuple[Check, ...]:
+    """The checks computable from the head alone, in CHECK_NAMES order:
+    signature, trusted-signer, version, debug, cpuid-table."""
+    sig = info.sigstruct
+    return (
+        _signature_check(sig),
+        _trusted_signer_check(sig, _normalise_signers(trusted_signers)),
+        _version_check(sig, expected_version),
+        _debug_check(sig, allow_debug),
+        _cpuid_table_check(sig),
+    )
+
+
+def _container(view: memoryview) -> ImageInfo:
+    """inspect() plus the sigstruct padding beyond the head: every container rule."""
+    info = inspect(view[:HEAD_SIZE], len(view))
+    if info.module_offset > HEAD_SIZE:
+        _check_padding(view, HEAD_SIZE, info.module_offset)
+    return info
+
+
+def verify(
+    data: bytes | bytearray | memoryview,
+    *,
+    trusted_signers: Collection[str],
+    allow_debug: bool = False,
+    expected_version: Version | None = None,
+) -> Verification:
+    """Every check of image-formats.md §4 over a whole image; never raises.
+
+    The data is read once for the checksum and once for SEAMHASH (the module pages only).
+    Checks that need a parsed container are reported failed as "not checked" when the
+    container is invalid.
+    """
+    view = memoryview(data).cast("B")
+    checksum = _checksum_check(view)
+    try:
+        info = _container(view)
+    except InvalidImage as exc:
+        skipped = tuple(
+            Check(name, False, "not checked: the container is invalid") for name in CHECK_NAMES[2:]
+        )
+        return Verification(None, (Check("container", False, exc.message), checksum, *skipped))
+
+    container = Check(
+        "container",
+        True,
+        f"{FORMAT_NAMES[info.format]}, {info.size} bytes: "
+        f"{_pages(info.sigstruct_pages, 'sigstruct')}, {_pages(info.module_pages, 'module')}",
+    )
+    module = view[info.module_offset :]
+    actual = hashlib.sha384(module).hexdigest()
+    stored = info.sigstruct.seamhash.hex()
+    if actual == stored:
+        seamhash = Check(
+            "seamhash",
+            True,
+            f"SEAMHASH {_short(stored)} matches the {info.module_pages} module pages",
+        )
+    else:
+        seamhash = Check(
+            "seamhash",
+            False,
+            f"SEAMHASH mismatch: sigstruct says {_short(stored, actual)}, module hashes to "
+            f"{_short(actual, stored)}",
+        )
+    rest = header_checks(
+        info,
+        trusted_signers=trusted_signers,
+        allow_debug=allow_debug,
+        expected_version=expected_version,
+    )
+    return Verification(info, (container, checksum, seamhash, *rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling and converting
+
+
+def _set_checksum(image: bytearray) -> bytearray:
+    image[2:4] = b"\0\0"
+    image[2:4] = ((0x10000 - checksum16(image)) & 0xFFFF).to_bytes(2, "little")
+    return image
+
+
+def _pad(data: bytes, multiple: int = PAGE_SIZE) -> bytes:
+    return bytes(data) + b"\0" * (-len(data) % multiple)
+
+
+def build(sigstruct: bytes, module: bytes, fmt: int) -> bytes:
+    """Assemble an image: header, sigstruct padded to one page, module padded to whole pages,
+    checksum. No validation of the parts, so tests can forge broken images with it; Format A
+    uses the published layout (offset_of_module 0x2000)."""
+    if len(sigstruct) > PAGE_SIZE:
+        raise ValueError(f"sigstruct is {len(sigstruct)} bytes, more than one page")
+    sig_area = _pad(sigstruct)
+    body = _pad(module)
+    header = bytearray(PAGE_SIZE)
+    if fmt == FORMAT_A:
+        layout = FORMAT_A_HEADER
+        layout["offset_of_module"].write(header, PAGE_SIZE + len(sig_area))
+        layout["length"].write(header, PAGE_SIZE + len(sig_area) + len(body))
+    elif fmt == FORMAT_B:
+        layout = FORMAT_B_HEADER
+        layout["sigstruct_nr_pages"].write(header, len(sig_area) // PAGE_SIZE)
+        layout["module_nr_pages"].write(header, len(body) // PAGE_SIZE)
+    else:
+        raise ValueError(f"unknown image format {fmt:#x}")
+    layout["version"].write(header, fmt)
+    layout["signature"].write(header, MAGIC)
+    return bytes(_set_checksum(header + sig_area + body))
+
+
+def convert(data: bytes | bytearray | memoryview, fmt: int) -> bytes:
+    """Rewrite an image in format ``fmt`` (image-formats.md §1 "Conversion").
+
+    The sigstruct (its 2048 bytes) and the module pages are copied unchanged, so SEAMHASH and
+    the signature still verify; the header is rebuilt and the checksum recomputed. A→B gives a
+    one-page sigstruct area, B→A offset_of_module 0x2000, so images in the published layout
+    round-trip byte-exactly. The input must be a valid container with a valid checksum
+    (InvalidImage otherwise): a conversion must never turn a damaged image into one whose new
+    checksum hides the damage. The same format returns the input unchanged.
+    """
+    if fmt not in FORMAT_NAMES:
+        raise ValueError(f"unknown image format {fmt:#x}")
+    view = memoryview(data).cast("B")
+    info = _container(view)
+    if (total := checksum16(view)) != 0:
+        raise InvalidImage(
+            f"16-bit word sum is {_hex(total, 4)}, must be 0x0000: refusing to convert a "
+            "damaged image",
+            check="checksum",
+        )
+    if info.format == fmt:
+        return bytes(view)
+    return build(info.sigstruct.raw, bytes(view[info.module_offset :]), fmt)
+
+
+def make_sigstruct(
+    *,
+    module: bytes,
+    modulus: bytes,
+    sign: Callable[[bytes], int],
+    cpuid_table: Sequence[int],
+    version: Version | None = None,
+    module_type: int = 0,
+    date: int = 0x20250101,
+    seamsvn: int = 0x0100,
+    exponent: int = 65537,
+) -> bytes:
+    """A signed 2048-byte sigstruct for ``module`` (image-formats.md §3).
+
+    ``modulus`` is the 384-byte little-endian modulus as stored; ``sign(message)`` returns the
+    RSA signature integer (EMSA-PKCS1-v1_5 SHA-384 of ``message``, raised to d mod n). SEAMHASH
+    is computed over ``module`` padded to whole pages, the bytes :func:`build` stores.
+    """
+    if len(modulus) != RSA_KEY_BYTES:
+        raise ValueError(f"modulus is {len(modulus)} bytes, expected {RSA_KEY_BYTES}")
+    if len(cpuid_table) > MAX_CPUID_ENTRIES:
+        raise ValueError(f"{len(cpuid_table)} cpuid entries, at most {MAX_CPUID_ENTRIES} fit")
+    raw = bytearray(SIGSTRUCT_SIZE)
+    s = SIGSTRUCT_LAYOUT
+    for name, value in _SIGSTRUCT_CONSTANTS.items():
+        s[name].write(raw, value)
+    s["exponent"].write(raw, exponent)
+    s["module_type"].write(raw, module_type)
+    s["date"].write(raw, date)
+    s["modulus"].write(raw, bytes(modulus))
+    s["seamhash"].write(raw, hashlib.sha384(_pad(module)).digest())
+    s["seamsvn"].write(raw, seamsvn)
+    if version is not None:
+        s["version"].write(raw, struct.pack("<HBB", version.update, version.minor, version.major))
+    s["cpuid_table_size"].write(raw, len(cpuid_table))
+    table = struct.pack(f"<{len(cpuid_table)}I", *cpuid_table)
+    s["cpuid_table"].write(raw, table.ljust(4 * MAX_CPUID_ENTRIES, b"\0"))
+    signature = sign(signed_message(bytes(raw)))
+    s["signature"].write(raw, signature.to_bytes(RSA_KEY_BYTES, "little"))
+    return bytes(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The only I/O: bounded reads
+
+
+def _open_error(exc: OSError, path: Path) -> Exception:
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"{path}: no such image", code="image-not-found")
+    return from_oserror(exc, str(path))
+
+
+def read_head(path: Path) -> tuple[bytes, int]:
+    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`."""
+    try:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(HEAD_SIZE)
+    except OSError as exc:
+        raise _open_error(exc, path) from exc
+    return head, size
+
+
+def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:
+    """A whole image file; refuses a file larger than ``max_size`` before reading it."""
+    try:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_size:
+                raise InvalidImage(
+                    f"{path}: {size} bytes, larger than the largest image ({max_size} bytes)"
+                )
+            # Read one byte more than allowed: a file that grows (or a device that reports
+            # size 0) is still caught without reading it all.
+            data = f.read(max_size + 1)
+    except OSError as exc:
+        raise _open_error(exc, path) from exc
+    if len(data) > max_size:
+        raise InvalidImage(f"{path}: larger than the largest image ({max_size} bytes)")
+    return data
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open for reading, refusing anything but a regular file (O_NONBLOCK: a FIFO must not
+    block the open; it has no effect on regular files)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidImage(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+__all__ = [
+    "CHECK_NAMES",
+    "DEBUG_BIT",
+    "FORMAT_A",
+    "FORMAT_A_HEADER",
+    "FORMAT_B",
+    "FORMAT_B_HEADER",
+    "FORMAT_NAMES",
+    "HEAD_SIZE",
+    "INTEL_PRODUCTION_SIGNER",
+    "MAGIC",
+    "MAX_IMAGE_SIZE",
+    "MAX_KERNEL_IMAGE_SIZE",
+    "MAX_MODULE_PAGES",
+    "MAX_SIGSTRUCT_PAGES",
+    "MIN_IMAGE_SIZE",
+    "PAGE_SIZE",
+    "SHA384_DIGEST_INFO",
+    "SIGSTRUCT_LAYOUT",
+    "SIGSTRUCT_SIZE",
+    "Check",
+    "Field",
+    "ImageInfo",
+    "Sigstruct",
+    "Verification",
+    "build",
+    "checksum16",
+    "convert",
+    "header_checks",
+    "inspect",
+    "make_sigstruct",
+    "read_head",
+    "read_image",
+    "signed_message",
+    "verify",
+    "verify_signature",
+]
