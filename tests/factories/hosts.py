@@ -1,0 +1,304 @@
+"""Plain-file sysroot trees shaped like each kernel generation of kernel-abi.md §1.
+
+``build_host_tree(root, generation="G5", ...)`` writes what a host with the tdx_host driver shows
+under ``/sys`` and ``/proc``: the tdx_host attributes with the generation's paths, formats and
+modes, the fw_upload directory (``firmware/<name>`` under the device, and the
+``/sys/class/firmware/<name>`` symlink a real host has), the CPU lists, /proc/cpuinfo and the
+kernel release. ``overrides`` then replace (str/bytes) or delete (None) single files, and
+``modes`` chmods them.
+
+Tests run as root, and root reads a mode-000 file without trouble; ``fail_reads`` makes
+``tdxupdate.host``'s one low-level read raise an OSError for chosen paths instead (EACCES for an
+unprivileged reader, ENXIO for a lost module).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tdxupdate import host
+from tdxupdate.versions import Version
+
+GENERATIONS = ("G1", "G2", "G3", "G4", "G5")
+
+T = host.TDX_HOST
+G1_TSM = host.G1_TDX_TSM
+G1_SEAMLDR = "/sys/devices/virtual/tdx/seamldr"
+
+#: The kernel release each generation shipped on (kernel-abi.md §1): v8 (G4) sat on 7.1-rc1,
+#: the merged interface (G5) arrived in 7.2.
+DEFAULT_OSRELEASE = {
+    "G1": "6.15.0-rc7",
+    "G2": "6.17.0",
+    "G3": "7.0.0",
+    "G4": "7.1.0-rc1",
+    "G5": "7.2.0",
+}
+
+#: Real Xeon CPUs: (family, model, stepping) -> model name.
+CPU_NAMES = {
+    (6, 143, 8): "Intel(R) Xeon(R) Platinum 8480+",  # Sapphire Rapids, 0x806f8
+    (6, 207, 2): "INTEL(R) XEON(R) PLATINUM 8592+",  # Emerald Rapids, 0xc06f2
+    (6, 175, 3): "Intel(R) Xeon(R) 6780E",  # Sierra Forest, 0xa06f3
+    (6, 173, 1): "Intel(R) Xeon(R) 6980P",  # Granite Rapids, 0xa06d1
+}
+
+_BASE_BUGS = "spectre_v1 spectre_v2 spec_store_bypass swapgs eibrs_pbrsb bhi"
+_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi "
+    "mmx fxsr sse sse2 ss ht tm pbe syscall nx pdpe1gb rdtscp lm constant_tsc art arch_perfmon "
+    "pebs bts "
+    "rep_good nopl xtopology nonstop_tsc cpuid aperfmperf tsc_known_freq pni pclmulqdq dtes64 "
+    "monitor ds_cpl vmx smx est tm2 ssse3 sdbg fma cx16 xtpr pdcm pcid dca sse4_1 sse4_2 x2apic "
+    "movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand lahf_lm abm 3dnowprefetch "
+    "cpuid_fault epb cat_l3 cat_l2 cdp_l3 intel_ppin cdp_l2 ssbd mba ibrs ibpb stibp "
+    "ibrs_enhanced tpr_shadow flexpriority ept vpid ept_ad fsgsbase tsc_adjust bmi1 hle avx2 smep "
+    "bmi2 erms invpcid rtm cqm rdt_a avx512f avx512dq rdseed adx smap avx512ifma clflushopt clwb "
+    "intel_pt avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves cqm_llc "
+    "cqm_occup_llc cqm_mbm_total cqm_mbm_local split_lock_detect avx_vnni avx512_bf16 wbnoinvd "
+    "dtherm ida arat pln pts hfi vnmi avx512vbmi umip pku ospke waitpkg avx512_vbmi2 gfni vaes "
+    "vpclmulqdq avx512_vnni avx512_bitalg tme avx512_vpopcntdq la57 rdpid bus_lock_detect "
+    "cldemote movdiri movdir64b enqcmd fsrm md_clear serialize tsxldtrk pconfig arch_lbr "
+    "ibt amx_bf16 avx512_fp16 amx_tile amx_int8 flush_l1d arch_capabilities"
+)
+
+
+def signature_to_cpu(sig: int) -> tuple[int, int, int]:
+    """CPUID.1.EAX -> (family, model, stepping) the way Linux decodes it for /proc/cpuinfo."""
+    base_family = (sig >> 8) & 0xF
+    family = base_family + ((sig >> 20) & 0xFF) if base_family == 0xF else base_family
+    model = (sig >> 4) & 0xF
+    if base_family in (6, 0xF):
+        model |= ((sig >> 16) & 0xF) << 4
+    return family, model, sig & 0xF
+
+
+def cpuinfo_text(
+    cpu: tuple[int, int, int] | int = (6, 143, 8),
+    *,
+    vendor: str = "GenuineIntel",
+    bugs: str = "",
+    cpus: int = 4,
+) -> str:
+    """/proc/cpuinfo of an Intel server with ``cpus`` entries (as a 4.x–7.x kernel prints it)."""
+    family, model, stepping = signature_to_cpu(cpu) if isinstance(cpu, int) else cpu
+    name = CPU_NAMES.get((family, model, stepping), f"Intel(R) Xeon(R) CPU family {family}")
+    bug_line = f"{_BASE_BUGS} {bugs}".strip()
+    blocks = []
+    for n in range(max(cpus, 1)):
+        blocks.append(
+            f"processor\t: {n}\n"
+            f"vendor_id\t: {vendor}\n"
+            f"cpu family\t: {family}\n"
+            f"model\t\t: {model}\n"
+            f"model name\t: {name}\n"
+            f"stepping\t: {stepping}\n"
+            "microcode\t: 0x2b000603\n"
+            "cpu MHz\t\t: 2000.000\n"
+            "cache size\t: 107520 KB\n"
+            "physical id\t: 0\n"
+            f"siblings\t: {cpus}\n"
+            f"core id\t\t: {n}\n"
+            f"cpu cores\t: {cpus}\n"
+            f"apicid\t\t: {2 * n}\n"
+            f"initial apicid\t: {2 * n}\n"
+            "fpu\t\t: yes\n"
+            "fpu_exception\t: yes\n"
+            "cpuid level\t: 32\n"
+            "wp\t\t: yes\n"
+            f"flags\t\t: {_FLAGS}\n"
+            f"bugs\t\t: {bug_line}\n"
+            "bogomips\t: 4000.00\n"
+            "clflush size\t: 64\n"
+            "cache_alignment\t: 64\n"
+            "address sizes\t: 52 bits physical, 57 bits virtual\n"
+            "power management:\n"
+        )
+    return "\n".join(blocks) + "\n"
+
+
+def host_paths(generation: str = "G5") -> dict[str, str]:
+    """In-sysroot path of each fact's file for ``generation``, as the factory writes them."""
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown generation {generation!r}; expected one of {GENERATIONS}")
+    paths = {
+        "cpuinfo": host.CPUINFO,
+        "osrelease": host.OSRELEASE,
+        "online": host.CPUS_ONLINE,
+        "present": host.CPUS_PRESENT,
+    }
+    if generation == "G1":
+        name = "seamldr_upload"
+        paths |= {
+            "module_version": f"{G1_TSM}/version",
+            "seamldr_version": f"{G1_SEAMLDR}/version",
+            "num_remaining_updates": f"{G1_SEAMLDR}/num_remaining_updates",
+            "upload_dir": f"{host.CLASS_FIRMWARE}/{name}",
+        }
+    else:
+        name = "seamldr_upload" if generation == "G2" else "tdx_module"
+        seamldr_dir = generation in ("G2", "G3")
+        paths |= {
+            "module_version": f"{T}/version",
+            "seamldr_version": f"{T}/seamldr/version" if seamldr_dir else f"{T}/seamldr_version",
+            "num_remaining_updates": (
+                f"{T}/seamldr/num_remaining_updates"
+                if seamldr_dir
+                else f"{T}/num_remaining_updates"
+            ),
+            "compat_capable": f"{T}/compat_capable",
+            "upload_dir": f"{T}/firmware/{name}",
+        }
+    paths["class_upload_dir"] = f"{host.CLASS_FIRMWARE}/{name}"
+    paths["status"] = f"{paths['class_upload_dir']}/status"
+    return paths
+
+
+def _write(root: Path, abspath: str, content: str | bytes, mode: int = 0o644) -> Path:
+    path = root / abspath.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    path.chmod(mode)
+    return path
+
+
+def _remove(root: Path, abspath: str) -> None:
+    path = root / abspath.lstrip("/")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _fw_upload_dir(root: Path, abspath: str, status: str) -> None:
+    """The attributes of kernel-abi.md §2, idle after no upload (or as ``status`` says)."""
+    _write(root, f"{abspath}/loading", "0\n")
+    _write(root, f"{abspath}/data", b"")
+    _write(root, f"{abspath}/status", f"{status}\n", 0o444)
+    _write(root, f"{abspath}/error", b"", 0o444)
+    _write(root, f"{abspath}/remaining_size", "0\n", 0o444)
+    _write(root, f"{abspath}/cancel", b"", 0o200)
+
+
+def build_host_tree(
+    root: Path,
+    *,
+    generation: str = "G5",
+    module: str = "1.5.06",
+    seamldr: str = "2.0.00",
+    remaining: int = 1,
+    cpu: tuple[int, int, int] | int = (6, 143, 8),
+    vendor: str = "GenuineIntel",
+    online: str = "0-3",
+    present: str = "0-3",
+    osrelease: str | None = None,
+    status: str = "idle",
+    bugs: str = "",
+    firmware: bool | str = True,
+    compat_capable: bool | int | None = None,
+    v3: bool = False,
+    overrides: Mapping[str, str | bytes | None] | None = None,
+    modes: Mapping[str, int] | None = None,
+) -> Path:
+    """Write a host tree for ``generation`` under ``root`` and return ``root``.
+
+    - ``module``/``seamldr``: versions, printed the generation's way (G1 and G2 without v3 print
+      the P-SEAMLDR update field unpadded, ``1.5.0``).
+    - ``osrelease``: None means the generation's own release (:data:`DEFAULT_OSRELEASE`).
+    - ``firmware``: True = device dir plus the class symlink (a real host); ``"device"`` = the
+      device dir only; ``"class"`` = a plain class dir only; False = no upload interface.
+    - ``v3`` (G2): the v3 series: padded P-SEAMLDR version and ``compat_capable``
+      (``compat_capable`` or 1). ``compat_capable`` alone writes that file in any generation.
+    - ``overrides``: in-sysroot path -> new content, or None to delete the file (or directory).
+    - ``modes``: in-sysroot path -> mode, applied last.
+    """
+    paths = host_paths(generation)
+    root.mkdir(parents=True, exist_ok=True)
+    module_v = Version.parse(module)
+    seamldr_v = Version.parse(seamldr)
+    unpadded = generation == "G1" or (generation == "G2" and not v3)
+    seamldr_text = (
+        f"{seamldr_v.major}.{seamldr_v.minor}.{seamldr_v.update}" if unpadded else str(seamldr_v)
+    )
+    # 0400 P-SEAMLDR attributes from the v4 series on (kernel-abi.md §1 G3, G4).
+    seamldr_mode = 0o444 if generation in ("G1", "G2") else 0o400
+
+    module_text = (
+        f"{module_v.major}.{module_v.minor}.{module_v.update}"
+        if generation == "G1"
+        else str(module_v)
+    )
+    _write(root, paths["module_version"], f"{module_text}\n", 0o444)
+    _write(root, paths["seamldr_version"], f"{seamldr_text}\n", seamldr_mode)
+    _write(root, paths["num_remaining_updates"], f"{remaining}\n", seamldr_mode)
+    if generation == "G2" and v3:
+        compat_capable = 1 if compat_capable is None else compat_capable
+    if compat_capable is not None and generation != "G1":
+        _write(root, paths["compat_capable"], f"{int(compat_capable)}\n", 0o444)
+
+    if firmware:
+        device_dir, class_dir = paths["upload_dir"], paths["class_upload_dir"]
+        if generation == "G1" or firmware == "class":
+            _fw_upload_dir(root, class_dir, status)
+        else:
+            _fw_upload_dir(root, device_dir, status)
+            if firmware is True:
+                link = root / class_dir.lstrip("/")
+                link.parent.mkdir(parents=True, exist_ok=True)
+                # Relative, as on a real host, so the tree can be moved or committed.
+                os.symlink(os.path.relpath(root / device_dir.lstrip("/"), link.parent), link)
+
+    try:
+        ncpus = len(host.parse_cpu_list(online)) or 1
+    except ValueError:
+        ncpus = 1
+    _write(root, host.CPUINFO, cpuinfo_text(cpu, vendor=vendor, bugs=bugs, cpus=min(ncpus, 8)))
+    _write(root, host.CPUS_ONLINE, f"{online}\n", 0o444)
+    _write(root, host.CPUS_PRESENT, f"{present}\n", 0o444)
+    release = DEFAULT_OSRELEASE[generation] if osrelease is None else osrelease
+    _write(root, host.OSRELEASE, f"{release}\n", 0o444)
+
+    for abspath, content in (overrides or {}).items():
+        if content is None:
+            _remove(root, abspath)
+        else:
+            _write(root, abspath, content)
+    for abspath, mode in (modes or {}).items():
+        (root / abspath.lstrip("/")).chmod(mode)
+    return root
+
+
+def fail_reads(monkeypatch: Any, root: Path, failures: Mapping[str, int]) -> None:
+    """Make ``tdxupdate.host``'s reads of the given in-sysroot paths fail with the given errno.
+
+    This is the honest way to see EACCES (root reads any plain file) and ENXIO (only a kernel
+    returns it): the one low-level read raises the OSError the kernel would.
+    """
+    real_read = host._read_bytes
+    failing = {os.fspath(root / p.lstrip("/")): e for p, e in failures.items()}
+
+    def read(path: Path, limit: int = host._ATTR_LIMIT) -> bytes:
+        code = failing.get(os.fspath(path))
+        if code is not None:
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real_read(path, limit)
+
+    monkeypatch.setattr(host, "_read_bytes", read)
+
+
+__all__ = [
+    "CPU_NAMES",
+    "DEFAULT_OSRELEASE",
+    "GENERATIONS",
+    "build_host_tree",
+    "cpuinfo_text",
+    "fail_reads",
+    "host_paths",
+    "signature_to_cpu",
+]
