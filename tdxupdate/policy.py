@@ -1,0 +1,269 @@
+"""Which module may be installed on this host, and why the others may not.
+
+Pure: ``(host facts, catalog releases, image facts, options) -> candidates with reasons ->
+decision``. No I/O, no click, no requests. The reason tokens and the rules for which of them
+appear together are cli-contract.md §3; the rules themselves are reference-tool.md "Rules the
+reference applies", with its defects (#3: stop at the newest TD-preserving module even when it
+does not fit this CPU; #7: silent reinstall) fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from tdxupdate.catalog import Release
+from tdxupdate.errors import DataError
+from tdxupdate.versions import Version
+
+#: Every reason token, in the order they are reported (cli-contract.md §3).
+REASONS: tuple[str, ...] = (
+    "not-in-mapping",
+    "image-missing",
+    "image-invalid",
+    "signature-invalid",
+    "untrusted-signer",
+    "major-minor-mismatch",
+    "older-than-running",
+    "same-as-running",
+    "below-min-td-preserving",
+    "seamldr-incompatible",
+    "cpu-unsupported",
+    "debug-module",
+    "not-strict-compatible",
+)
+
+#: Image check name (image-formats.md §4 / tdxupdate.image.CHECK_NAMES) -> reason token.
+_CHECK_REASON = {
+    "container": "image-invalid",
+    "checksum": "image-invalid",
+    "seamhash": "image-invalid",
+    "version": "image-invalid",
+    "cpuid-table": "image-invalid",
+    "signature": "signature-invalid",
+    "trusted-signer": "untrusted-signer",
+}
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the policy needs to know about one image (from its header and sigstruct)."""
+
+    path: str
+    image_format: int | None = None
+    is_debug: bool | None = None
+    cpuid_table: tuple[int, ...] | None = None
+    #: failed checks as ``(check name, detail)``; ``debug`` is not a failure here.
+    failures: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def parsed(self) -> bool:
+        """True when the header and sigstruct could be read (cpuid table and debug bit known)."""
+        return self.cpuid_table is not None and self.is_debug is not None
+
+
+@dataclass(frozen=True)
+class Options:
+    allow_debug: bool = False
+    strict_compat: bool = False
+
+
+@dataclass(frozen=True)
+class HostView:
+    """The host facts the policy depends on."""
+
+    module_version: Version
+    seamldr_version: Version
+    cpu_signature: int | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    version: Version
+    release: Release | None
+    image: ImageFacts | None
+    reasons: tuple[str, ...]
+    #: reason token -> one sentence naming both sides
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def eligible(self) -> bool:
+        return not self.reasons
+
+    def without(self, *tokens: str) -> tuple[str, ...]:
+        return tuple(r for r in self.reasons if r not in tokens)
+
+
+def _masked(sig: int) -> int:
+    # The stepping nibble is masked on both sides (reference-tool.md; image-formats.md §3).
+    return sig & 0xFFFFFFF0
+
+
+def evaluate_one(
+    version: Version,
+    release: Release | None,
+    image: ImageFacts | None,
+    host: HostView,
+    options: Options,
+) -> Candidate:
+    """Every applicable reason token for one candidate, with a sentence for each."""
+    found: dict[str, str] = {}
+    running = host.module_version
+
+    def add(token: str, sentence: str) -> None:
+        found.setdefault(token, sentence)
+
+    if release is None:
+        add("not-in-mapping", f"{version} has an image but no entry in the mapping file")
+    if image is None:
+        add("image-missing", f"{version} is in the mapping file but the repository has no image")
+    else:
+        for check, detail in image.failures:
+            token = _CHECK_REASON.get(check)
+            if token is not None:
+                add(token, detail)
+
+    if version.stream != running.stream:
+        add(
+            "major-minor-mismatch",
+            f"{version} is not a Z-stream of the running {running} "
+            f"(needs {running.major}.{running.minor}.x)",
+        )
+    elif version < running:
+        add("older-than-running", f"{version} is older than the running {running} (no downgrades)")
+    elif version == running:
+        add("same-as-running", f"{version} is the running version")
+
+    if release is not None:
+        if running < release.min_td_preserving:
+            add(
+                "below-min-td-preserving",
+                f"{version} can only be installed while TDs run from "
+                f"{release.min_td_preserving} or newer; this host runs {running}",
+            )
+        if not seamldr_compatible(release.min_seamldr_versions, host.seamldr_version):
+            wanted = ", ".join(f"{v.major}.{v.minor}.x ≥ {v}" for v in release.min_seamldr_versions)
+            add(
+                "seamldr-incompatible",
+                f"{version} needs P-SEAMLDR {wanted}; this host runs {host.seamldr_version}",
+            )
+
+    if image is not None and image.parsed:
+        assert image.cpuid_table is not None
+        if host.cpu_signature is not None and _masked(host.cpu_signature) not in {
+            _masked(c) for c in image.cpuid_table
+        }:
+            table = ", ".join(f"{c:#x}" for c in image.cpuid_table) or "none"
+            add(
+                "cpu-unsupported",
+                f"{version} supports CPUs {table}; this CPU is {host.cpu_signature:#x}",
+            )
+        if image.is_debug and not options.allow_debug:
+            add("debug-module", f"{version} is debug-signed (allow with --allow-debug)")
+
+    if options.strict_compat and release is not None:
+        listed = release.strict_compat_versions or ()
+        if running not in listed:
+            shown = ", ".join(str(v) for v in listed) or "none"
+            add(
+                "not-strict-compatible",
+                f"{version} is strictly compatible only from {shown}; this host runs {running}",
+            )
+
+    reasons = tuple(token for token in REASONS if token in found)
+    return Candidate(version, release, image, reasons, {t: found[t] for t in reasons})
+
+
+def seamldr_compatible(minimums: Iterable[Version], running: Version) -> bool:
+    """Some entry has the running P-SEAMLDR's major.minor and an update ≤ the running one."""
+    return any(m.stream == running.stream and m.update <= running.update for m in minimums)
+
+
+def evaluate(
+    releases: Iterable[Release],
+    images: Mapping[Version, ImageFacts],
+    host: HostView,
+    options: Options,
+) -> list[Candidate]:
+    """Candidates for every version in the mapping or the repository, newest first."""
+    by_version = {r.version: r for r in releases}
+    versions = sorted(set(by_version) | set(images), reverse=True)
+    return [evaluate_one(v, by_version.get(v), images.get(v), host, options) for v in versions]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``--update [VERSION]`` will do.
+
+    ``action`` is ``install`` (``selected`` is the module to install), ``nothing-to-do``
+    (exit 0, ``changed: false``; ``selected`` is the explicit VERSION when it is the running one)
+    or ``refuse`` (exit 65 with ``error_code`` ``version-unknown`` or ``not-eligible``;
+    ``selected`` is the refused explicit candidate, when it exists).
+    """
+
+    action: str
+    selected: Candidate | None
+    message: str
+    reinstall: bool = False
+    error_code: str | None = None
+
+    def raise_if_refused(self) -> None:
+        if self.action == "refuse":
+            raise DataError(self.message, code=self.error_code or "not-eligible")
+
+
+def choose(
+    candidates: list[Candidate],
+    running: Version,
+    requested: Version | None = None,
+    *,
+    allow_reinstall: bool = False,
+) -> Decision:
+    """Pick the module to install (cli-contract.md §3, §4 step 3)."""
+    if requested is None:
+        eligible = [c for c in candidates if c.eligible]
+        if eligible:
+            best = max(eligible, key=lambda c: c.version)
+            return Decision("install", best, f"{best.version} is the newest eligible module")
+        newer = [
+            c for c in candidates if c.version.stream == running.stream and c.version > running
+        ]
+        if not newer:
+            msg = f"nothing to do: no module newer than the running {running} in its Z-stream"
+        else:
+            why = "; ".join(
+                f"{c.version}: {', '.join(c.reasons)}"
+                for c in sorted(newer, reverse=True, key=lambda c: c.version)
+            )
+            msg = f"nothing to do: no newer module is eligible for this host ({why})"
+        return Decision("nothing-to-do", None, msg)
+
+    match = next((c for c in candidates if c.version == requested), None)
+    if match is None:
+        known = ", ".join(str(c.version) for c in candidates) or "none"
+        return Decision(
+            "refuse",
+            None,
+            f"{requested} is neither in the mapping file nor in the repository (known: {known})",
+            error_code="version-unknown",
+        )
+    if requested == running:
+        if not allow_reinstall:
+            return Decision(
+                "nothing-to-do",
+                match,
+                f"nothing to do: {requested} is already running "
+                "(use --allow-reinstall to install it again; it spends one update)",
+            )
+        blocking = match.without("same-as-running")
+        if blocking:
+            return Decision("refuse", match, _refusal(match, blocking), error_code="not-eligible")
+        return Decision("install", match, f"reinstalling the running {requested}", reinstall=True)
+    if match.reasons:
+        return Decision("refuse", match, _refusal(match, match.reasons), error_code="not-eligible")
+    return Decision("install", match, f"{requested} is eligible")
+
+
+def _refusal(candidate: Candidate, reasons: tuple[str, ...]) -> str:
+    words = "; ".join(f"{r}: {candidate.details.get(r, r)}" for r in reasons)
+    return f"{candidate.version} is not eligible: {words}"
