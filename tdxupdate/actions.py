@@ -1,0 +1,351 @@
+"""The read-only actions (``--status``, ``--list``, ``--verify``, ``--history``) and the pieces
+``--update`` shares with them: host facts, candidates, the JSON document of cli-contract.md §3.
+
+Every action fills a :class:`Report` and raises :class:`TdxError` on failure; the report keeps
+what was learnt before the failure so ``--json`` can still show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tdxupdate import __version__, keyring, policy, sources
+from tdxupdate import host as _host
+from tdxupdate import image as _image
+from tdxupdate.catalog import Catalog
+from tdxupdate.errors import InvalidImage, TdxError, Unavailable
+from tdxupdate.settings import Settings
+from tdxupdate.versions import Version
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    """The JSON document being built, plus what text rendering needs."""
+
+    action: str
+    doc: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    #: warning token -> sentence for people
+    warning_text: dict[str, str] = field(default_factory=dict)
+    #: informational lines for people (the plan, the outcome)
+    notes: list[str] = field(default_factory=list)
+    error: TdxError | None = None
+    exit_code: int = 0
+
+    def warn(self, token: str, sentence: str) -> None:
+        if token not in self.warnings:
+            self.warnings.append(token)
+            self.warning_text[token] = sentence
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "action": self.action,
+            "ok": self.error is None,
+            "error": self.error.to_json() if self.error is not None else None,
+            "warnings": list(self.warnings),
+            "tool_version": __version__,
+        }
+        doc.update(self.doc)
+        return doc
+
+
+def fmt_hex(value: int | None) -> str | None:
+    return None if value is None else f"{value:#x}"
+
+
+def host_json(facts: _host.HostFacts) -> dict[str, Any]:
+    return {
+        "module_version": _str(facts.module_version),
+        "seamldr_version": _str(facts.seamldr_version),
+        "num_remaining_updates": facts.num_remaining_updates,
+        "cpu_signature": fmt_hex(facts.cpu_signature),
+        "sysfs_layout": facts.sysfs_layout,
+        "upload_dir": str(facts.upload_dir) if facts.upload_dir is not None else None,
+        "image_format": fmt_hex(facts.image_format),
+        "image_format_fallback": fmt_hex(facts.image_format_fallback),
+        "generation": facts.generation,
+        "kernel_release": facts.kernel_release,
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in facts.checks],
+    }
+
+
+def _str(value: object | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def discover_host(settings: Settings) -> _host.HostFacts:
+    return _host.discover(
+        _host.Sysroot(settings.sysroot),
+        cpu_signature=settings.cpu_signature,
+        image_format=settings.image_format,
+    )
+
+
+def require_policy_facts(facts: _host.HostFacts) -> policy.HostView:
+    """The facts ``--list`` and ``--update`` cannot do without (exit 69/77 otherwise)."""
+    if not facts.tdx_host:
+        raise _check_error(facts, "tdx-host")
+    for name in ("module_version", "seamldr_version", "cpu_signature"):
+        problem = facts.problems.get(name)
+        if problem is not None:
+            raise problem
+    for check in ("module-version", "seamldr-version", "cpu-signature"):
+        if not facts.check(check).ok:
+            raise _check_error(facts, check)
+    assert facts.module_version is not None and facts.seamldr_version is not None
+    return policy.HostView(facts.module_version, facts.seamldr_version, facts.cpu_signature)
+
+
+def _check_error(facts: _host.HostFacts, name: str) -> TdxError:
+    check = facts.check(name)
+    return TdxError(check.detail, code=check.code or "no-tdx-host")
+
+
+def host_warnings(report: Report, facts: _host.HostFacts, catalog: Catalog | None) -> None:
+    """``running-module-lacks-update-compat`` (reference-tool.md, tdx_feature0 bit 47)."""
+    if facts.module_version is None or catalog is None:
+        return
+    release = catalog.get(facts.module_version)
+    if release is not None and release.update_compat is False:
+        report.warn(
+            "running-module-lacks-update-compat",
+            f"the running module {facts.module_version} lacks update compatibility "
+            "(TDX_FEATURES0 bit 47): an update while a TD is being built can corrupt that TD's "
+            "attestation hash; update when no TD build is in progress",
+        )
+
+
+@dataclass
+class Inventory:
+    """The repository as the policy sees it."""
+
+    repo: sources.Repository
+    catalog: Catalog
+    refs: dict[Version, sources.ImageRef]
+    images: dict[Version, policy.ImageFacts]
+    trusted: frozenset[str]
+
+
+def trusted_signers(settings: Settings) -> frozenset[str]:
+    return keyring.trusted_signers(settings.trusted_keys, settings.extra_signers)
+
+
+def open_repo(settings: Settings) -> sources.Repository:
+    options: dict[str, object] = {}
+    if sources.local_path(settings.repo) is None or (
+        settings.mapping is not None and sources.local_path(settings.mapping) is None
+    ):
+        options = {
+            "cache_dir": settings.cache_dir,
+            "offline": settings.offline,
+            "ca_bundle": settings.ca_bundle,
+            "allow_insecure_http": settings.allow_insecure_http,
+            "interactive": settings.interactive and not settings.json,
+        }
+    return sources.open_repository(settings.repo, settings.mapping, **options)
+
+
+def image_facts_from_head(
+    ref: sources.ImageRef, head: bytes, size: int, trusted: frozenset[str]
+) -> policy.ImageFacts:
+    try:
+        info = _image.inspect(head, size)
+    except InvalidImage as exc:
+        return policy.ImageFacts(ref.location, failures=((exc.check, f"{ref.version}: {exc}"),))
+    checks = _image.header_checks(
+        info, trusted_signers=trusted, allow_debug=True, expected_version=ref.version
+    )
+    failures = tuple(
+        (c.name, f"{ref.version}: {c.detail}") for c in checks if not c.ok and c.name != "debug"
+    )
+    return policy.ImageFacts(
+        ref.location,
+        image_format=info.format,
+        is_debug=info.sigstruct.is_debug,
+        cpuid_table=info.sigstruct.cpuid_table,
+        failures=failures,
+    )
+
+
+def load_inventory(settings: Settings, repo: sources.Repository | None = None) -> Inventory:
+    trusted = trusted_signers(settings)
+    repo = repo if repo is not None else open_repo(settings)
+    catalog = repo.catalog()
+    refs = repo.images(catalog)
+    images: dict[Version, policy.ImageFacts] = {}
+    for version, ref in refs.items():
+        try:
+            head, size = repo.head(ref)
+        except TdxError as exc:
+            if exc.code in ("network-error",):
+                raise
+            images[version] = policy.ImageFacts(
+                ref.location, failures=(("container", f"{version}: {exc.message}"),)
+            )
+            continue
+        images[version] = image_facts_from_head(ref, head, size, trusted)
+    return Inventory(repo, catalog, refs, images, trusted)
+
+
+def candidate_json(c: policy.Candidate) -> dict[str, Any]:
+    img = c.image
+    parsed = img is not None and img.parsed
+    return {
+        "version": str(c.version),
+        "eligible": c.eligible,
+        "reasons": list(c.reasons),
+        "details": [c.details[r] for r in c.reasons],
+        "debug": img.is_debug if parsed and img is not None else None,
+        "path": img.path if img is not None else None,
+        "image_format": fmt_hex(img.image_format) if img is not None else None,
+    }
+
+
+def policy_options(settings: Settings) -> policy.Options:
+    return policy.Options(allow_debug=settings.allow_debug, strict_compat=settings.strict_compat)
+
+
+# --- --status -----------------------------------------------------------------------------
+
+
+def run_status(settings: Settings, report: Report) -> None:
+    facts = discover_host(settings)
+    report.doc["host"] = host_json(facts)
+    catalog = _try_catalog(settings)
+    host_warnings(report, facts, catalog)
+    if not facts.tdx_host:
+        raise _check_error(facts, "tdx-host")
+
+
+def _try_catalog(settings: Settings) -> Catalog | None:
+    """The mapping file for warnings in ``--status``, when a local one is at hand."""
+    try:
+        path = sources.local_path(settings.mapping or settings.repo)
+        if path is None:
+            return None
+        if settings.mapping is None:
+            path = path / "mapping_file.json"
+        from tdxupdate.catalog import load_catalog
+
+        return load_catalog(path)
+    except TdxError:
+        return None
+
+
+# --- --list -------------------------------------------------------------------------------
+
+
+def build_candidates(
+    settings: Settings, report: Report
+) -> tuple[_host.HostFacts, policy.HostView, Inventory, list[policy.Candidate]]:
+    facts = discover_host(settings)
+    report.doc["host"] = host_json(facts)
+    view = require_policy_facts(facts)
+    inventory = load_inventory(settings)
+    host_warnings(report, facts, inventory.catalog)
+    candidates = policy.evaluate(
+        inventory.catalog.releases, inventory.images, view, policy_options(settings)
+    )
+    report.doc["candidates"] = [candidate_json(c) for c in candidates]
+    return facts, view, inventory, candidates
+
+
+def run_list(settings: Settings, report: Report) -> None:
+    build_candidates(settings, report)
+
+
+# --- --verify -----------------------------------------------------------------------------
+
+
+def verification_json(
+    location: str, version: Version | None, v: _image.Verification
+) -> dict[str, Any]:
+    info = v.info
+    shown_version = version
+    if shown_version is None and info is not None:
+        shown_version = info.sigstruct.version
+    return {
+        "path": location,
+        "ok": v.ok,
+        "version": _str(shown_version),
+        "image_format": fmt_hex(info.format) if info is not None else None,
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in v.checks],
+    }
+
+
+def version_from_filename(path: Path) -> Version | None:
+    m = sources._BLOB_RE.match(path.name)
+    return Version.parse(m.group(1)) if m else None
+
+
+def run_verify(settings: Settings, report: Report) -> None:
+    trusted = trusted_signers(settings)
+    results: list[dict[str, Any]] = []
+    report.doc["images"] = results
+
+    def check(location: str, version: Version | None, read: Callable[[], bytes]) -> None:
+        try:
+            data = read()
+        except InvalidImage as exc:
+            skipped = tuple(
+                _image.Check(name, False, "not checked: the image could not be read")
+                for name in _image.CHECK_NAMES[1:]
+            )
+            v = _image.Verification(None, (_image.Check("container", False, str(exc)), *skipped))
+        else:
+            v = _image.verify(
+                data,
+                trusted_signers=trusted,
+                allow_debug=settings.allow_debug,
+                expected_version=version,
+            )
+        results.append(verification_json(location, version, v))
+
+    if settings.verify_path is not None:
+        path = settings.verify_path
+        if not path.exists():
+            raise TdxError(f"{path}: image does not exist", code="image-not-found")
+        check(
+            str(path), version_from_filename(path), lambda: sources.LocalRepository.read_path(path)
+        )
+    else:
+        repo = open_repo(settings)
+        catalog = repo.catalog()
+        refs = repo.images(catalog)
+        if not refs:
+            raise TdxError(
+                f"{repo.location}: the repository holds no images", code="image-not-found"
+            )
+        for version in sorted(refs, reverse=True):
+            ref = refs[version]
+            check(ref.location, version, lambda ref=ref: repo.read(ref))
+    bad = [r for r in results if not r["ok"]]
+    if bad:
+        names = ", ".join(r["path"] for r in bad)
+        raise InvalidImage(f"{len(bad)} of {len(results)} image(s) failed verification: {names}")
+
+
+# --- --history ----------------------------------------------------------------------------
+
+
+def run_history(settings: Settings, report: Report) -> None:
+    from tdxupdate import history
+
+    loaded = history.load(settings.state_dir)
+    report.doc["history"] = [r.to_json() for r in loaded.records]
+    if loaded.skipped:
+        report.warn(
+            "history-lines-skipped",
+            f"{len(loaded.skipped)} unreadable line(s) in "
+            f"{history.history_path(settings.state_dir)}: {loaded.skipped[0]}",
+        )
+
+
+def unavailable(message: str, code: str = "no-tdx-host") -> Unavailable:
+    return Unavailable(message, code=code)

@@ -1,0 +1,378 @@
+"""Command line: click options -> Settings -> one action -> text or JSON -> exit code.
+
+The contract is cli-contract.md. This is the only module that prints the final result and the
+only place a :class:`TdxError` becomes an exit code (architecture.md, convention 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tdxupdate import __version__
+from tdxupdate.errors import TdxError, UsageError
+from tdxupdate.settings import DEFAULT_REPO, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT, Settings
+from tdxupdate.versions import Version
+
+ACTIONS = ("status", "list", "update", "verify", "history")
+_LATEST = "\0latest"
+
+
+def _version_arg(value: str) -> Version:
+    try:
+        return Version.parse(value)
+    except ValueError as exc:
+        raise UsageError(f"--update: {exc}") from exc
+
+
+def _cpu_arg(value: str) -> int:
+    from tdxupdate.host import parse_cpu_signature
+
+    try:
+        return parse_cpu_signature(value)
+    except ValueError as exc:
+        raise UsageError(f"--cpu-signature: {exc}") from exc
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Exit codes: 0 success or nothing to do, 1 the kernel reported failure, 64 usage, "
+        "65 bad data, 66 missing input, 69 unavailable (needs an administrator or a reboot), "
+        "74 I/O error, 75 try again later, 77 permission denied, 130/143 interrupted. "
+        "See tdxupdate(8)."
+    ),
+)
+@click.option(
+    "--status",
+    "a_status",
+    is_flag=True,
+    help="Report the host, its update interface and preflight checks (default).",
+)
+@click.option(
+    "--list",
+    "a_list",
+    is_flag=True,
+    help="List every module in the repository, eligible or not, with every reason.",
+)
+@click.option(
+    "--update",
+    "a_update",
+    is_flag=False,
+    flag_value=_LATEST,
+    default=None,
+    metavar="[VERSION]",
+    help="Install the newest eligible module, or exactly VERSION after the same checks.",
+)
+@click.option(
+    "--verify",
+    "a_verify",
+    is_flag=False,
+    flag_value=_LATEST,
+    default=None,
+    metavar="[PATH]",
+    help="Run every image check on PATH, or on every image in the repository.",
+)
+@click.option(
+    "--history", "a_history", is_flag=True, help="Show the update attempts recorded on this host."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="With --update: every check and the plan, nothing written."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
+@click.option(
+    "--sysroot",
+    envvar="TDXUPDATE_SYSROOT",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Read and write /sys and /proc under this directory. [env TDXUPDATE_SYSROOT]",
+)
+@click.option(
+    "--repo",
+    envvar="TDXUPDATE_REPO",
+    default=DEFAULT_REPO,
+    show_default=True,
+    metavar="DIR|URL",
+    help="Module repository in Intel's layout. [env TDXUPDATE_REPO]",
+)
+@click.option(
+    "--mapping",
+    default=None,
+    metavar="FILE|URL",
+    help="Mapping file, when not REPO/mapping_file.json.",
+)
+@click.option(
+    "--allow-debug",
+    "--allow_debug",
+    "allow_debug",
+    is_flag=True,
+    help="Make debug-signed modules eligible (their signer must still be trusted).",
+)
+@click.option(
+    "--allow-reinstall",
+    is_flag=True,
+    help="With --update VERSION equal to the running version: reinstall it.",
+)
+@click.option(
+    "--strict-compat",
+    is_flag=True,
+    help="Also require the running version in the candidate's strict_compat_versions.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for the kernel to finish an update.",
+)
+@click.option(
+    "--state-dir",
+    envvar="TDXUPDATE_STATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the lock and history.jsonl live. [env TDXUPDATE_STATE_DIR]",
+)
+@click.option(
+    "--trusted-keys",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Extra trusted signers: SHA-256 modulus fingerprints, one per line.",
+)
+@click.option(
+    "--cpu-signature",
+    default=None,
+    metavar="HEX",
+    help="CPUID.1.EAX to use instead of reading /proc/cpuinfo.",
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(["auto", "0x100", "0x200"]),
+    default="auto",
+    show_default=True,
+    help="Container format to send; an explicit value disables the automatic retry.",
+)
+@click.option(
+    "--simulate",
+    is_flag=False,
+    flag_value="spr",
+    default=None,
+    metavar="[PROFILE]",
+    help="Run against a throw-away emulated host and a bundled sample repository.",
+)
+@click.option("-v", "--verbose", count=True, help="More detail; -vv shows tracebacks.")
+@click.option("-q", "--quiet", count=True, help="Less output.")
+@click.version_option(__version__, "--version", prog_name="tdxupdate")
+def command(**opts: Any) -> None:
+    """Select, verify and install Intel TDX Module runtime updates."""
+    raise _Done(opts)
+
+
+class _Done(Exception):
+    def __init__(self, opts: dict[str, Any]):
+        self.opts = opts
+
+
+def settings_from_options(opts: dict[str, Any]) -> Settings:
+    chosen = [a for a in ACTIONS if opts[f"a_{a}"] not in (None, False)]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one action, not {' and '.join('--' + a for a in chosen)}")
+    action = chosen[0] if chosen else "status"
+    version = None
+    if action == "update" and opts["a_update"] != _LATEST:
+        version = _version_arg(opts["a_update"])
+    verify_path = None
+    if action == "verify" and opts["a_verify"] != _LATEST:
+        verify_path = Path(opts["a_verify"])
+    if opts["dry_run"] and action != "update":
+        raise UsageError("--dry-run goes with --update only")
+    if opts["allow_reinstall"] and (action != "update" or version is None):
+        raise UsageError("--allow-reinstall goes with --update VERSION only")
+    cpu = _cpu_arg(opts["cpu_signature"]) if opts["cpu_signature"] is not None else None
+    return Settings(
+        action=action,
+        version=version,
+        verify_path=verify_path,
+        dry_run=opts["dry_run"],
+        json=opts["as_json"],
+        sysroot=opts["sysroot"],
+        repo=opts["repo"],
+        mapping=opts["mapping"],
+        allow_debug=opts["allow_debug"],
+        allow_reinstall=opts["allow_reinstall"],
+        strict_compat=opts["strict_compat"],
+        timeout=opts["timeout"],
+        state_dir=opts["state_dir"],
+        trusted_keys=tuple(opts["trusted_keys"]),
+        cpu_signature=cpu,
+        image_format=opts["image_format"],
+        verbosity=opts["verbose"] - opts["quiet"],
+        interactive=sys.stderr.isatty(),
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(settings: Settings, label: str) -> Iterator[Callable[[int], Any]]:
+    """A progress bar on a terminal; nothing on a pipe or with --json."""
+
+    @contextlib.contextmanager
+    def factory(total: int) -> Iterator[Callable[[int, int], None] | None]:
+        if settings.json or not settings.interactive or settings.verbosity < 0:
+            yield None
+            return
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            done = [0]
+
+            def tick(written: int, _total: int) -> None:
+                bar.update(written - done[0])
+                done[0] = written
+
+            yield tick
+
+    yield factory
+
+
+def run_action(settings: Settings) -> Any:
+    from tdxupdate import actions
+
+    report = actions.Report(settings.action)
+    try:
+        if settings.action == "status":
+            actions.run_status(settings, report)
+        elif settings.action == "list":
+            actions.run_list(settings, report)
+        elif settings.action == "verify":
+            actions.run_verify(settings, report)
+        elif settings.action == "history":
+            actions.run_history(settings, report)
+        else:
+            from tdxupdate import update
+
+            with _progress_bar(settings, "streaming to the kernel") as factory:
+                update.run_update(settings, report, progress=factory)
+    except TdxError as exc:
+        report.error = exc
+    return report
+
+
+@contextlib.contextmanager
+def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
+    """``--simulate``: a throw-away emulated host and the bundled sample repository."""
+    import tempfile
+
+    from tdxupdate.settings import default_cache_dir
+    from tdxupdate.sim import simulated_host
+
+    cache = (settings.cache_dir or default_cache_dir()) / "sim"
+    with (
+        tempfile.TemporaryDirectory(prefix="tdxupdate-sim-state-") as state,
+        simulated_host(profile, cache_dir=cache) as sim,
+    ):
+        overrides: dict[str, Any] = {
+            "sysroot": sim.sysroot,
+            "repo": str(sim.repo),
+            "extra_signers": settings.extra_signers | sim.trusted_signers,
+        }
+        if settings.state_dir == DEFAULT_STATE_DIR:
+            overrides["state_dir"] = Path(state)
+        yield replace(settings, **overrides)
+
+
+def _emit(settings: Settings, report: Any) -> int:
+    from tdxupdate.render import render
+
+    err = report.error
+    if settings.json:
+        for token in report.warnings:
+            click.echo(f"tdxupdate: warning: {report.warning_text[token]}", err=True)
+        if err is not None:
+            click.echo(f"tdxupdate: {err.message}", err=True)
+        click.echo(json.dumps(report.document(), indent=2, sort_keys=False))
+    else:
+        if settings.verbosity >= 0 or err is not None:
+            for line in render(report):
+                click.echo(line)
+        for token in report.warnings:
+            click.echo(f"tdxupdate: warning: {report.warning_text[token]}", err=True)
+        if err is not None:
+            click.echo(f"tdxupdate: {err.message}", err=True)
+    return err.exit_code if err is not None else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(argv) if argv is not None else sys.argv[1:]
+    as_json = "--json" in args
+    verbosity = 0
+    try:
+        try:
+            command.main(args=args, prog_name="tdxupdate", standalone_mode=False)
+        except _Done as done:
+            opts = done.opts
+        else:
+            return 0  # --help / --version printed
+        verbosity = opts["verbose"]
+        settings = settings_from_options(opts)
+        if opts["simulate"] is not None:
+            with _simulation(settings, opts["simulate"]) as simulated:
+                report = run_action(simulated)
+                return _emit(simulated, report)
+        report = run_action(settings)
+        return _emit(settings, report)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        return _fail(UsageError(exc.format_message()), as_json)
+    except click.Abort:
+        return _fail(TdxError("interrupted", code="interrupted"), as_json)
+    except TdxError as exc:
+        if verbosity >= 2:
+            traceback.print_exc()
+        return _fail(exc, as_json)
+    except KeyboardInterrupt:
+        return _fail(TdxError("interrupted by SIGINT", code="interrupted"), as_json)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error worth a traceback.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 74
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if verbosity >= 1:
+            traceback.print_exc()
+        return _fail(
+            TdxError(
+                f"internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+                code="io-error",
+                exit_code=70,
+            ),
+            as_json,
+        )
+
+
+def _fail(exc: TdxError, as_json: bool) -> int:
+    click.echo(f"tdxupdate: {exc.message}", err=True)
+    if as_json:
+        from tdxupdate.actions import SCHEMA_VERSION
+
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "action": None,
+            "ok": False,
+            "error": exc.to_json(),
+            "warnings": [],
+            "tool_version": __version__,
+        }
+        click.echo(json.dumps(doc, indent=2))
+    return exc.exit_code

@@ -1,0 +1,53 @@
+"""One frozen settings object: what the command line (and environment) asked for."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tdxupdate.versions import Version
+
+DEFAULT_REPO = "/usr/share/tdx-module-binaries"
+DEFAULT_STATE_DIR = Path("/var/lib/tdxupdate")
+DEFAULT_TIMEOUT = 300.0
+
+
+def default_cache_dir() -> Path:
+    """``/var/cache/tdxupdate`` for root, ``$XDG_CACHE_HOME/tdxupdate`` otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/tdxupdate")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tdxupdate"
+
+
+@dataclass(frozen=True)
+class Settings:
+    action: str = "status"
+    #: ``--update VERSION``; None for "the newest eligible one"
+    version: Version | None = None
+    #: ``--verify PATH``; None for "every image in the repository"
+    verify_path: Path | None = None
+    dry_run: bool = False
+    json: bool = False
+    sysroot: Path = Path("/")
+    repo: str = DEFAULT_REPO
+    mapping: str | None = None
+    allow_debug: bool = False
+    allow_reinstall: bool = False
+    strict_compat: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    state_dir: Path = DEFAULT_STATE_DIR
+    trusted_keys: tuple[Path, ...] = ()
+    #: extra trusted signer fingerprints that do not come from a file (the emulator's key)
+    extra_signers: frozenset[str] = field(default_factory=frozenset)
+    cpu_signature: int | None = None
+    image_format: str = "auto"
+    cache_dir: Path | None = None
+    offline: bool = False
+    ca_bundle: Path | None = None
+    allow_insecure_http: bool = False
+    metrics_file: Path | None = None
+    verbosity: int = 0
+    #: a terminal is watching (progress bars allowed)
+    interactive: bool = False

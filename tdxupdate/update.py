@@ -1,0 +1,385 @@
+"""``--update [VERSION]``: the update sequence of cli-contract.md §4, in its order.
+
+lock -> host facts -> candidates -> decision (nothing to do wins) -> preflight -> full verify ->
+convert -> stream (uploader) -> watch -> error -> version read-back -> format retry -> history.
+Every attempt that wrote to the upload interface gets a history record (§5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from hashlib import sha256
+
+from tdxupdate import __version__, actions, history, lock, policy, uploader
+from tdxupdate import host as _host
+from tdxupdate import image as _image
+from tdxupdate.errors import (
+    PERMANENT_EXIT_CODES,
+    Interrupted,
+    InvalidImage,
+    KernelFailure,
+    TdxError,
+    TryLater,
+)
+from tdxupdate.settings import Settings
+from tdxupdate.versions import Version
+
+#: Host checks that must pass before anything is written (§4 step 4), in report order.
+PREFLIGHT_CHECKS = (
+    "tdx-host",
+    "upload-interface",
+    "module-version",
+    "seamldr-version",
+    "cpu-signature",
+    "remaining-updates",
+    "upload-idle",
+    "cpus-online",
+)
+
+ProgressFactory = Callable[
+    [int], contextlib.AbstractContextManager[Callable[[int, int], None] | None]
+]
+
+
+@contextlib.contextmanager
+def _no_progress(total: int) -> Iterator[None]:
+    yield None
+
+
+def preflight_error(facts: _host.HostFacts) -> TdxError | None:
+    """The failure to report when preflight fails: a permanent one (69, 77) wins (§2)."""
+    failed = [facts.check(n) for n in PREFLIGHT_CHECKS if not facts.check(n).ok]
+    if not failed:
+        return None
+    errors = [TdxError(c.detail, code=c.code or "no-upload-interface") for c in failed]
+    permanent = [e for e in errors if e.exit_code in PERMANENT_EXIT_CODES]
+    return (permanent or errors)[0]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    image_format: int
+    result: uploader.UploadResult | None
+    outcome: str
+    message: str
+    remaining_after: int | None
+    #: the error the stream itself failed with (before the kernel owned the image)
+    error: TdxError | None = None
+
+
+def run_update(
+    settings: Settings,
+    report: actions.Report,
+    *,
+    progress: ProgressFactory = _no_progress,
+) -> None:
+    report.doc.update(
+        {
+            "selected": None,
+            "dry_run": settings.dry_run,
+            "changed": False,
+            "from_version": None,
+            "to_version": None,
+            "kernel_error": None,
+            "fatal": False,
+        }
+    )
+    guard = contextlib.nullcontext() if settings.dry_run else lock.acquire(settings.state_dir)
+    with guard:
+        _run_locked(settings, report, progress)
+
+
+def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFactory) -> None:
+    facts, view, inventory, candidates = actions.build_candidates(settings, report)
+    report.doc["from_version"] = str(view.module_version)
+
+    while True:
+        decision = policy.choose(
+            candidates,
+            view.module_version,
+            settings.version,
+            allow_reinstall=settings.allow_reinstall,
+        )
+        selected = decision.selected
+        report.doc["selected"] = actions.candidate_json(selected) if selected else None
+        if decision.action == "refuse":
+            decision.raise_if_refused()
+        if decision.action == "nothing-to-do":
+            report.doc["to_version"] = str(selected.version) if selected else None
+            report.notes.append(decision.message)
+            return
+        assert selected is not None
+        report.doc["to_version"] = str(selected.version)
+
+        # §4 step 4: preflight, before any write (and before reading the whole image).
+        error = preflight_error(facts)
+        if error is not None:
+            raise error
+
+        # §4 step 5: verify the chosen image fully, read once.
+        ref = inventory.refs[selected.version]
+        data = inventory.repo.read(ref)
+        verification = _image.verify(
+            data,
+            trusted_signers=inventory.trusted,
+            allow_debug=settings.allow_debug,
+            expected_version=selected.version,
+        )
+        if verification.ok:
+            break
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in verification.failed)
+        if settings.version is not None:
+            raise InvalidImage(f"{ref.location}: {failed}", check=verification.failed[0].name)
+        # The newest candidate's image is corrupt: say so and take the next eligible one.
+        report.notes.append(
+            f"{selected.version} rejected: {ref.location} failed verification ({failed})"
+        )
+        candidates = [
+            _mark_invalid(c, failed) if c.version == selected.version else c for c in candidates
+        ]
+        report.doc["candidates"] = [actions.candidate_json(c) for c in candidates]
+
+    assert facts.image_format is not None
+    image_sha256 = sha256(data).hexdigest()
+    formats = [facts.image_format]
+    if facts.image_format_fallback is not None and facts.image_format_auto:
+        formats.append(facts.image_format_fallback)
+    plan = (
+        f"install {selected.version} over {view.module_version}: {ref.location} "
+        f"(Format {_fmt_name(verification.info.format if verification.info else None)}, "
+        f"sha256 {image_sha256[:16]}…) sent as Format {_fmt_name(formats[0])} to "
+        f"{facts.upload_dir}"
+    )
+    if len(formats) > 1:
+        plan += (
+            f", retried once as Format {_fmt_name(formats[1])} if this kernel refuses the header"
+        )
+    report.doc["plan"] = plan
+    if settings.dry_run:
+        report.notes.append(f"dry run: would {plan}")
+        return
+    report.notes.append(f"{'reinstalling' if decision.reinstall else 'installing'}: {plan}")
+
+    assert facts.upload_dir is not None
+    remaining_before = facts.num_remaining_updates
+    for attempt_no, fmt in enumerate(formats, start=1):
+        payload = _image.convert(data, fmt)
+        attempt = _attempt(
+            settings, facts, payload, fmt, selected.version, view.module_version, progress
+        )
+        report.doc["kernel_error"] = attempt.result.kernel_error if attempt.result else None
+        _record(
+            settings,
+            facts,
+            attempt,
+            attempt_no,
+            from_version=view.module_version,
+            to_version=selected.version,
+            image_sha256=image_sha256,
+            remaining_before=remaining_before,
+        )
+        retry = (
+            attempt_no < len(formats)
+            and attempt.outcome == "failed"
+            and attempt.result is not None
+            and attempt.result.kernel_error == "transferring:firmware-invalid"
+            and _unchanged(settings, facts, view.module_version, remaining_before)
+        )
+        if retry:
+            report.warn(
+                "format-retry",
+                f"the kernel refused the Format {_fmt_name(fmt)} header before touching the "
+                f"module; retrying once as Format {_fmt_name(formats[attempt_no])}",
+            )
+            continue
+        _finish(report, attempt, selected.version, remaining_before)
+        return
+
+
+def _attempt(
+    settings: Settings,
+    facts: _host.HostFacts,
+    payload: bytes,
+    fmt: int,
+    target: Version,
+    running: Version,
+    progress: ProgressFactory,
+) -> Attempt:
+    assert facts.upload_dir is not None
+    try:
+        with progress(len(payload)) as tick:
+            result = uploader.upload(
+                facts.upload_dir, payload, timeout=settings.timeout, progress=tick
+            )
+    except TdxError as exc:
+        if not uploader.interface_written(exc):
+            # Refused before anything was written (busy, no access): nothing to record (§5).
+            raise
+        return Attempt(fmt, None, "failed", exc.message, None, error=exc)
+
+    if result.interrupted is not None:
+        name = signal.Signals(result.interrupted).name
+        return Attempt(
+            fmt,
+            result,
+            "interrupted",
+            f"interrupted by {name} while streaming; the upload was aborted (nothing committed)",
+            None,
+        )
+    if result.timed_out:
+        return Attempt(
+            fmt,
+            result,
+            "timeout",
+            f"the kernel did not finish within {settings.timeout:g} s; the upload interface is "
+            f"still '{result.final_status}' and the kernel owns the update — the next run will "
+            "find it busy until it ends; check 'tdxupdate --status' later",
+            None,
+        )
+    after = _host.discover(_host.Sysroot(settings.sysroot), cpu_signature=facts.cpu_signature)
+    remaining_after = after.num_remaining_updates
+    lost = _is_lost(after)
+    if result.kernel_error is not None:
+        info = uploader.decode_kernel_error(result.kernel_error)
+        if lost:
+            return Attempt(
+                fmt, result, "module-lost", _lost_sentence(result.kernel_error), remaining_after
+            )
+        if info.code == "device-busy":
+            return Attempt(fmt, result, "device-busy", info.sentence, remaining_after)
+        return Attempt(fmt, result, "failed", info.sentence, remaining_after)
+    if lost:
+        return Attempt(fmt, result, "module-lost", _lost_sentence(None), remaining_after)
+    if after.module_version == target:
+        return Attempt(
+            fmt,
+            result,
+            "success",
+            f"{running} -> {target}: the kernel confirms {target} is running",
+            remaining_after,
+        )
+    shown = str(after.module_version) if after.module_version is not None else "unreadable"
+    return Attempt(
+        fmt,
+        result,
+        "version-mismatch",
+        f"the kernel accepted the image but the running version is {shown}, not {target}",
+        remaining_after,
+    )
+
+
+def _is_lost(after: _host.HostFacts) -> bool:
+    """``version`` fails with ENXIO: the module is gone (kernel-abi.md §3)."""
+    problem = after.problems.get("module_version")
+    cause = problem.__cause__ if problem is not None else None
+    return isinstance(cause, OSError) and cause.errno == errno.ENXIO
+
+
+def _lost_sentence(kernel_error: str | None) -> str:
+    said = f" (kernel error {kernel_error})" if kernel_error else ""
+    return (
+        f"the update failed after the old module was shut down{said}: the TDX module is lost, "
+        "every running TD has been killed, and TDX is unusable until this host reboots"
+    )
+
+
+def _unchanged(
+    settings: Settings, facts: _host.HostFacts, running: Version, remaining: int | None
+) -> bool:
+    after = _host.discover(_host.Sysroot(settings.sysroot), cpu_signature=facts.cpu_signature)
+    return after.module_version == running and after.num_remaining_updates == remaining
+
+
+def _record(
+    settings: Settings,
+    facts: _host.HostFacts,
+    attempt: Attempt,
+    attempt_no: int,
+    *,
+    from_version: Version,
+    to_version: Version,
+    image_sha256: str,
+    remaining_before: int | None,
+) -> None:
+    r = attempt.result
+    record = history.HistoryRecord(
+        time=now_rfc3339(),
+        from_version=str(from_version),
+        to_version=str(to_version),
+        image_sha256=image_sha256,
+        image_format=actions.fmt_hex(attempt.image_format) or "",
+        result=attempt.outcome,
+        kernel_error=r.kernel_error if r else None,
+        duration_s=round(r.duration_s, 3) if r else 0.0,
+        remaining_before=remaining_before,
+        remaining_after=attempt.remaining_after,
+        tool_version=__version__,
+        cpu_signature=actions.fmt_hex(facts.cpu_signature),
+        seamldr_version=str(facts.seamldr_version) if facts.seamldr_version else None,
+        sysfs_layout=facts.sysfs_layout,
+        generation=facts.generation,
+        fatal=attempt.outcome == "module-lost",
+        attempt=attempt_no,
+        message=attempt.message,
+    )
+    history.append(settings.state_dir, record)
+
+
+def _finish(
+    report: actions.Report, attempt: Attempt, target: Version, remaining_before: int | None
+) -> None:
+    outcome = attempt.outcome
+    report.doc["fatal"] = outcome == "module-lost"
+    report.doc["changed"] = outcome in ("success",)
+    if outcome == "success":
+        report.doc["changed"] = True
+        report.notes.append(attempt.message)
+        if (
+            remaining_before is not None
+            and attempt.remaining_after is not None
+            and attempt.remaining_after != remaining_before - 1
+        ):
+            report.warn(
+                "remaining-updates-not-decremented",
+                f"num_remaining_updates went from {remaining_before} to {attempt.remaining_after}, "
+                "not down by one",
+            )
+        return
+    if outcome == "version-mismatch":
+        report.doc["changed"] = False
+        raise KernelFailure(attempt.message, code="version-mismatch")
+    if outcome == "module-lost":
+        raise KernelFailure(attempt.message, code="module-lost")
+    if outcome == "device-busy":
+        raise TryLater(attempt.message, code="device-busy")
+    if outcome == "timeout":
+        raise TryLater(attempt.message, code="timeout")
+    if outcome == "interrupted":
+        assert attempt.result is not None and attempt.result.interrupted is not None
+        signum = attempt.result.interrupted
+        raise Interrupted(attempt.message, exit_code=128 + signum)
+    if attempt.error is not None:
+        # The stream failed (I/O or permission error while writing); nothing was committed
+        # unless the uploader says otherwise, and the interface was not left loading.
+        raise attempt.error
+    raise KernelFailure(attempt.message, code="kernel-error")
+
+
+def _mark_invalid(c: policy.Candidate, detail: str) -> policy.Candidate:
+    reasons = tuple(r for r in policy.REASONS if r in set(c.reasons) | {"image-invalid"})
+    details = dict(c.details)
+    details.setdefault("image-invalid", f"{c.version}: {detail}")
+    return replace(c, reasons=reasons, details=details)
+
+
+def _fmt_name(fmt: int | None) -> str:
+    return {0x100: "A (0x100)", 0x200: "B (0x200)"}.get(fmt or 0, "?")
