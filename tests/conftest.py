@@ -1,1 +1,3 @@
-"""Shared pytest fixtures (owned by the lead; factories live in tests/factories/)."""
+"""Shared pytest fixtures (factories live in tests/factories/)."""
+
+from factories.sim import sample_repo, sim, sim_cache  # noqa: F401

@@ -1,0 +1,177 @@
+"""Run-time control of a mounted emulator: ``DIR/.tdxsim/control``.
+
+Write one JSON object per line (several lines per ``write()`` are fine). A bad command makes the
+``write()`` fail with EINVAL and the reason appears as ``control_error`` in ``.tdxsim/state``.
+Keys of one object are applied in order; the object is checked completely first, so a bad one
+changes nothing.
+
+=================================  ===========================================================
+``{"fault": SPEC}``                add a fault (syntax: :mod:`tdxupdate.sim.faults`);
+``{"fault": SPEC, "times": N}``    an upload fault that applies to the next N uploads only
+``{"clear_faults": true}``         remove every fault, restore write sizes, release a hang
+``{"unhang": true}``               let a hung upload continue normally
+``{"online": "0-5"}``              set the online CPUs (``present`` likewise)
+``{"remaining": N}``               set P-SEAMLDR's remaining-update counter
+``{"module": "1.5.08"}``           set the running module version (``seamldr`` likewise)
+``{"cpu": "0x806f8"}``             set the CPU signature
+``{"tdx_features": "0x2"}``        set the running module's TDX_FEATURES0
+``{"durations": {"transferring": 200}}``  stage durations in ms
+``{"idle_lag_ms": 300}``           delay between an upload's end and ``status`` idle
+``{"trusted_signers": [FPR]}``     replace P-SEAMLDR's trusted signers
+``{"debug_platform": true}``       P-SEAMLDR accepts debug-signed modules
+``{"reboot": true}``               the BIOS module and counter again (refused while busy)
+``{"reset": true}``                as freshly mounted: reboot, mount-time settings and faults,
+                                   no upload history, ``error`` empty (refused while busy)
+=================================  ===========================================================
+
+``.tdxsim/state`` (read-only) returns :meth:`SimKernel.state` as JSON; ``.tdxsim/received``
+returns the bytes of the last image an upload started with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from tdxupdate.sim.config import parse_cpu_list, parse_cpu_signature
+from tdxupdate.sim.faults import UPLOAD_KINDS, parse_fault
+from tdxupdate.versions import Version
+
+if TYPE_CHECKING:
+    from tdxupdate.sim.kernel import SimKernel
+
+
+def parse_lines(payload: bytes) -> list[dict[str, Any]]:
+    """The commands in one write: JSON objects, one per non-blank line."""
+    commands: list[dict[str, Any]] = []
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("control: commands must be UTF-8 JSON") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"control line {number}: not JSON: {exc.msg}") from None
+        if not isinstance(obj, dict) or not obj:
+            raise ValueError(f"control line {number}: expected a non-empty JSON object")
+        commands.append(obj)
+    return commands
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"control {key}: expected true or false, got {value!r}")
+    return value
+
+
+def _version(value: Any, key: str) -> Version:
+    try:
+        return Version.parse(str(value))
+    except ValueError as exc:
+        raise ValueError(f"control {key}: {exc}") from None
+
+
+def _nonneg_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"control {key}: expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def apply_command(k: SimKernel, command: Mapping[str, Any]) -> None:
+    """Validate ``command`` completely, then apply it to ``k`` (its lock held by the caller)."""
+    actions: list[Callable[[], None]] = []
+    keys = list(command)
+    if "times" in command and "fault" not in command:
+        raise ValueError("control times: only valid together with fault")
+    for key in keys:
+        value = command[key]
+        if key == "fault":
+            try:
+                fault = parse_fault(value)
+            except ValueError as exc:
+                raise ValueError(f"control {exc}") from None
+            times = command.get("times")
+            if times is not None:
+                times = _nonneg_int(times, "times")
+                if times == 0 or fault.kind not in UPLOAD_KINDS:
+                    raise ValueError("control times: needs N >= 1 and an upload fault")
+            actions.append(partial(k.add_fault, fault, times))
+        elif key == "times":
+            continue
+        elif key == "clear_faults":
+            if _bool(value, key):
+                actions.append(k.clear_faults)
+        elif key == "unhang":
+            if _bool(value, key):
+
+                def release() -> None:
+                    k.unhang_pending += 1
+
+                actions.append(release)
+        elif key in ("online", "present"):
+            try:
+                cpus = parse_cpu_list(str(value))
+            except ValueError as exc:
+                raise ValueError(f"control {key}: {exc}") from None
+            actions.append(partial(setattr, k, key, cpus))
+        elif key == "remaining":
+            n = _nonneg_int(value, key)
+            actions.append(partial(setattr, k, "remaining", n))
+        elif key == "module":
+            v = _version(value, key)
+
+            actions.append(partial(k.set_module, v))
+        elif key == "seamldr":
+            v = _version(value, key)
+            actions.append(partial(setattr, k, "seamldr_version", v))
+        elif key == "cpu":
+            try:
+                sig = parse_cpu_signature(value)
+            except ValueError as exc:
+                raise ValueError(f"control cpu: {exc}") from None
+            actions.append(partial(setattr, k, "cpu", sig))
+        elif key == "tdx_features":
+            try:
+                features = int(str(value), 0)
+            except ValueError:
+                raise ValueError(f"control tdx_features: {value!r} is not a number") from None
+            actions.append(partial(setattr, k, "tdx_features", features))
+        elif key == "durations":
+            if not isinstance(value, dict):
+                raise ValueError("control durations: expected an object of stage -> ms")
+            try:
+                durations = k.durations.replace(value)
+            except ValueError as exc:
+                raise ValueError(f"control {exc}") from None
+            actions.append(partial(setattr, k, "durations", durations))
+        elif key == "idle_lag_ms":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"control idle_lag_ms: expected ms >= 0, got {value!r}")
+            actions.append(partial(setattr, k, "idle_lag_ms", float(value)))
+        elif key == "trusted_signers":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("control trusted_signers: expected a list of fingerprints")
+            signers = frozenset(v.strip().lower() for v in value)
+            actions.append(partial(setattr, k.seamldr, "trusted_signers", signers))
+        elif key == "debug_platform":
+            flag = _bool(value, key)
+            actions.append(partial(setattr, k.seamldr, "debug_platform", flag))
+        elif key == "reset":
+            if _bool(value, key):
+                if k.fw is not None and k.fw.progress != "idle":
+                    raise ValueError("control reset: an upload is in progress")
+                actions.append(k.reset)
+        elif key == "reboot":
+            if _bool(value, key):
+                if k.fw is not None and k.fw.progress != "idle":
+                    raise ValueError("control reboot: an upload is in progress")
+                actions.append(k.reboot)
+        else:
+            raise ValueError(f"control: unknown command {key!r}")
+    for action in actions:
+        action()
