@@ -36,6 +36,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     error: TdxError | None = None
     exit_code: int = 0
+    #: prints a note as soon as it is known (text mode on a terminal or pipe); None: collect only
+    live: Callable[[str], None] | None = None
+
+    def note(self, line: str) -> None:
+        """A step of the story told to people (``--update``: selected, verified, streamed…)."""
+        self.notes.append(line)
+        if self.live is not None:
+            self.live(line)
 
     def warn(self, token: str, sentence: str) -> None:
         if token not in self.warnings:

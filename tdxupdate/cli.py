@@ -249,6 +249,8 @@ def run_action(settings: Settings) -> Any:
     from tdxupdate import actions
 
     report = actions.Report(settings.action)
+    if not settings.json and settings.verbosity >= 0:
+        report.live = click.echo
     try:
         if settings.action == "status":
             actions.run_status(settings, report)

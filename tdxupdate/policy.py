@@ -224,7 +224,7 @@ def choose(
         eligible = [c for c in candidates if c.eligible]
         if eligible:
             best = max(eligible, key=lambda c: c.version)
-            return Decision("install", best, f"{best.version} is the newest eligible module")
+            return Decision("install", best, "the newest eligible module")
         newer = [
             c for c in candidates if c.version.stream == running.stream and c.version > running
         ]
@@ -258,10 +258,12 @@ def choose(
         blocking = match.without("same-as-running")
         if blocking:
             return Decision("refuse", match, _refusal(match, blocking), error_code="not-eligible")
-        return Decision("install", match, f"reinstalling the running {requested}", reinstall=True)
+        return Decision(
+            "install", match, "the running version, reinstalled as asked", reinstall=True
+        )
     if match.reasons:
         return Decision("refuse", match, _refusal(match, match.reasons), error_code="not-eligible")
-    return Decision("install", match, f"{requested} is eligible")
+    return Decision("install", match, "eligible, as requested")
 
 
 def _refusal(candidate: Candidate, reasons: tuple[str, ...]) -> str:

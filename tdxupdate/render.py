@@ -122,9 +122,14 @@ def render(report: Report) -> list[str]:
         )
         lines += render_candidates(doc["candidates"])
     elif report.action == "update":
-        if "candidates" in doc and (doc.get("dry_run") or report.error is not None):
+        chose_badly = report.error is not None and report.error.code in (
+            "not-eligible",
+            "version-unknown",
+        )
+        if "candidates" in doc and (doc.get("dry_run") or chose_badly):
             lines += render_candidates(doc["candidates"])
-        lines += report.notes
+        if report.live is None:
+            lines += report.notes
     elif report.action == "verify" and "images" in doc:
         lines += render_images(doc["images"])
     elif report.action == "history" and "history" in doc:

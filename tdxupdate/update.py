@@ -101,6 +101,18 @@ def run_update(
 def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFactory) -> None:
     facts, view, inventory, candidates = actions.build_candidates(settings, report)
     report.doc["from_version"] = str(view.module_version)
+    report.note(
+        f"Host: TDX module {view.module_version}, P-SEAMLDR {view.seamldr_version}, CPU "
+        f"{actions.fmt_hex(view.cpu_signature)}, {facts.num_remaining_updates} update(s) left; "
+        f"{facts.sysfs_layout} sysfs layout ({facts.generation}), kernel takes Format "
+        f"{_fmt_name(facts.image_format)}"
+    )
+    eligible = [str(c.version) for c in candidates if c.eligible]
+    report.note(
+        f"Repository {inventory.repo.location}: {len(candidates)} module(s), "
+        f"{len(eligible)} eligible ({', '.join(eligible) or 'none'}); "
+        "'tdxupdate --list' explains the others"
+    )
 
     while True:
         decision = policy.choose(
@@ -115,15 +127,20 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             decision.raise_if_refused()
         if decision.action == "nothing-to-do":
             report.doc["to_version"] = str(selected.version) if selected else None
-            report.notes.append(decision.message)
+            report.note(decision.message)
             return
         assert selected is not None
         report.doc["to_version"] = str(selected.version)
+        report.note(f"Selected {selected.version}: {decision.message}")
 
         # §4 step 4: preflight, before any write (and before reading the whole image).
         error = preflight_error(facts)
         if error is not None:
             raise error
+        report.note(
+            f"Preflight: {facts.upload_dir} is idle, {facts.num_remaining_updates} update(s) "
+            f"left, all {len(facts.cpus_present or ())} CPUs online"
+        )
 
         # §4 step 5: verify the chosen image fully, read once.
         ref = inventory.refs[selected.version]
@@ -135,14 +152,17 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             expected_version=selected.version,
         )
         if verification.ok:
+            report.note(
+                f"Verified {ref.location}: "
+                + ", ".join(c.name for c in verification.checks)
+                + f" — all {len(verification.checks)} checks pass"
+            )
             break
         failed = "; ".join(f"{c.name}: {c.detail}" for c in verification.failed)
         if settings.version is not None:
             raise InvalidImage(f"{ref.location}: {failed}", check=verification.failed[0].name)
         # The newest candidate's image is corrupt: say so and take the next eligible one.
-        report.notes.append(
-            f"{selected.version} rejected: {ref.location} failed verification ({failed})"
-        )
+        report.note(f"{selected.version} rejected: {ref.location} failed verification ({failed})")
         candidates = [
             _mark_invalid(c, failed) if c.version == selected.version else c for c in candidates
         ]
@@ -154,7 +174,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
     if facts.image_format_fallback is not None and facts.image_format_auto:
         formats.append(facts.image_format_fallback)
     plan = (
-        f"install {selected.version} over {view.module_version}: {ref.location} "
+        f"{selected.version} over {view.module_version}: {ref.location} "
         f"(Format {_fmt_name(verification.info.format if verification.info else None)}, "
         f"sha256 {image_sha256[:16]}…) sent as Format {_fmt_name(formats[0])} to "
         f"{facts.upload_dir}"
@@ -163,18 +183,24 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
         plan += (
             f", retried once as Format {_fmt_name(formats[1])} if this kernel refuses the header"
         )
-    report.doc["plan"] = plan
+    report.doc["plan"] = f"install {plan}"
     if settings.dry_run:
-        report.notes.append(f"dry run: would {plan}")
+        report.note(f"dry run: would install {plan}")
         return
-    report.notes.append(f"{'reinstalling' if decision.reinstall else 'installing'}: {plan}")
+    report.note(f"{'Reinstalling' if decision.reinstall else 'Installing'} {plan}")
 
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
     for attempt_no, fmt in enumerate(formats, start=1):
         payload = _image.convert(data, fmt)
+        if verification.info is not None and verification.info.format != fmt:
+            report.note(
+                f"Converted Format {_fmt_name(verification.info.format)} to Format "
+                f"{_fmt_name(fmt)} for this kernel ({len(payload)} bytes; sigstruct and module "
+                "unchanged)"
+            )
         attempt = _attempt(
-            settings, facts, payload, fmt, selected.version, view.module_version, progress
+            report, settings, facts, payload, fmt, selected.version, view.module_version, progress
         )
         report.doc["kernel_error"] = attempt.result.kernel_error if attempt.result else None
         _record(
@@ -206,6 +232,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
 
 
 def _attempt(
+    report: actions.Report,
     settings: Settings,
     facts: _host.HostFacts,
     payload: bytes,
@@ -219,6 +246,12 @@ def _attempt(
         with progress(len(payload)) as tick:
             result = uploader.upload(
                 facts.upload_dir, payload, timeout=settings.timeout, progress=tick
+            )
+        if result.committed:
+            error_text = result.kernel_error or "empty: the kernel accepted the image"
+            report.note(
+                f"Streamed {result.bytes_written} bytes to {facts.upload_dir}/data; the kernel "
+                f"finished in {result.duration_s:.2f} s; error: {error_text}"
             )
     except TdxError as exc:
         if not uploader.interface_written(exc):
@@ -264,7 +297,8 @@ def _attempt(
             fmt,
             result,
             "success",
-            f"{running} -> {target}: the kernel confirms {target} is running",
+            f"Confirmed: {running} -> {target}; version now reads {target}, "
+            f"num_remaining_updates {facts.num_remaining_updates} -> {remaining_after}",
             remaining_after,
         )
     shown = str(after.module_version) if after.module_version is not None else "unreadable"
@@ -342,7 +376,7 @@ def _finish(
     report.doc["changed"] = outcome in ("success",)
     if outcome == "success":
         report.doc["changed"] = True
-        report.notes.append(attempt.message)
+        report.note(attempt.message)
         if (
             remaining_before is not None
             and attempt.remaining_after is not None

@@ -294,8 +294,7 @@ def test_explicit_version_not_eligible_carries_reasons() -> None:
     assert d.action == "refuse" and d.error_code == "not-eligible"
     assert d.selected is not None and d.selected.reasons == ("cpu-unsupported",)
     assert (
-        d.message
-        == "1.5.25 is not eligible: cpu-unsupported: "
+        d.message == "1.5.25 is not eligible: cpu-unsupported: "
         "1.5.25 supports CPUs 0xa06f0; this CPU is 0x806f8"
     )
 
