@@ -154,9 +154,15 @@ def open_repo(settings: Settings) -> sources.Repository:
             "offline": settings.offline,
             "ca_bundle": settings.ca_bundle,
             "allow_insecure_http": settings.allow_insecure_http,
-            "interactive": settings.interactive and not settings.json,
+            "interactive": settings.interactive and not settings.json and settings.verbosity >= 0,
         }
     return sources.open_repository(settings.repo, settings.mapping, **options)
+
+
+def repository_warnings(report: Report, repo: sources.Repository) -> None:
+    """Warnings a remote repository collected (``insecure-http``, ``offline-cache``)."""
+    for token, sentence in getattr(repo, "warnings", ()):
+        report.warn(token, sentence)
 
 
 def image_facts_from_head(
@@ -191,8 +197,12 @@ def load_inventory(settings: Settings, repo: sources.Repository | None = None) -
         try:
             head, size = repo.head(ref)
         except TdxError as exc:
-            if exc.code in ("network-error",):
+            if exc.code == "network-error":
                 raise
+            if exc.code == "image-not-found":
+                # A mapping entry whose image the repository lacks (a 404 on a mirror, which
+                # has no directory listing): the policy reports it as image-missing.
+                continue
             images[version] = policy.ImageFacts(
                 ref.location, failures=(("container", f"{version}: {exc.message}"),)
             )
@@ -256,6 +266,7 @@ def build_candidates(
     report.doc["host"] = host_json(facts)
     view = require_policy_facts(facts)
     inventory = load_inventory(settings)
+    repository_warnings(report, inventory.repo)
     host_warnings(report, facts, inventory.catalog)
     candidates = policy.evaluate(
         inventory.catalog.releases, inventory.images, view, policy_options(settings)
@@ -325,6 +336,7 @@ def run_verify(settings: Settings, report: Report) -> None:
     else:
         repo = open_repo(settings)
         catalog = repo.catalog()
+        repository_warnings(report, repo)
         refs = repo.images(catalog)
         if not refs:
             raise TdxError(

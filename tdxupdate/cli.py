@@ -173,6 +173,29 @@ def _cpu_arg(value: str) -> int:
     metavar="[PROFILE]",
     help="Run against a throw-away emulated host and a bundled sample repository.",
 )
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Cache of remote repositories [default: /var/cache/tdxupdate; "
+    "$XDG_CACHE_HOME/tdxupdate when not root].",
+)
+@click.option(
+    "--offline", is_flag=True, help="Remote repositories: use only the cache, fetch nothing."
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="PEM CA certificates to verify the mirror's TLS certificate (an internal CA).",
+)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Accept a plain-http repository or mapping URL (labs only; said on stderr).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail; -vv shows tracebacks.")
 @click.option("-q", "--quiet", count=True, help="Less output.")
 @click.version_option(__version__, "--version", prog_name="tdxupdate")
@@ -219,6 +242,10 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         trusted_keys=tuple(opts["trusted_keys"]),
         cpu_signature=cpu,
         image_format=opts["image_format"],
+        cache_dir=opts["cache_dir"],
+        offline=opts["offline"],
+        ca_bundle=opts["ca_bundle"],
+        allow_insecure_http=opts["allow_insecure_http"],
         verbosity=opts["verbose"] - opts["quiet"],
         interactive=sys.stderr.isatty(),
     )
