@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -19,6 +20,7 @@ from typing import Any
 import click
 
 from tdxupdate import __version__
+from tdxupdate import log as _log
 from tdxupdate.errors import TdxError, UsageError
 from tdxupdate.settings import DEFAULT_REPO, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT, Settings
 from tdxupdate.versions import Version
@@ -196,17 +198,36 @@ def _cpu_arg(value: str) -> int:
     is_flag=True,
     help="Accept a plain-http repository or mapping URL (labs only; said on stderr).",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Configuration file. [default: /etc/tdxupdate.conf; env TDXUPDATE_CONFIG]",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="After the run, write a Prometheus node-exporter textfile here.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail; -vv shows tracebacks.")
 @click.option("-q", "--quiet", count=True, help="Less output.")
 @click.version_option(__version__, "--version", prog_name="tdxupdate")
 def command(**opts: Any) -> None:
     """Select, verify and install Intel TDX Module runtime updates."""
-    raise _Done(opts)
+    ctx = click.get_current_context()
+    # Where each value came from (command line, environment, default): the configuration file
+    # fills in only for defaults (tdxupdate.config.layer_options).
+    raise _Done(opts, {name: ctx.get_parameter_source(name) for name in opts})
 
 
 class _Done(Exception):
-    def __init__(self, opts: dict[str, Any]):
+    def __init__(self, opts: dict[str, Any], sources: dict[str, Any]):
         self.opts = opts
+        self.sources = sources
 
 
 def settings_from_options(opts: dict[str, Any]) -> Settings:
@@ -246,6 +267,7 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         offline=opts["offline"],
         ca_bundle=opts["ca_bundle"],
         allow_insecure_http=opts["allow_insecure_http"],
+        metrics_file=opts["metrics_file"],
         verbosity=opts["verbose"] - opts["quiet"],
         interactive=sys.stderr.isatty(),
     )
@@ -326,40 +348,75 @@ def _emit(settings: Settings, report: Any) -> int:
     err = report.error
     if settings.json:
         for token in report.warnings:
-            click.echo(f"tdxupdate: warning: {report.warning_text[token]}", err=True)
+            _log.get_logger().warning(report.warning_text[token])
         if err is not None:
-            click.echo(f"tdxupdate: {err.message}", err=True)
+            _log.get_logger().error(err.message)
         click.echo(json.dumps(report.document(), indent=2, sort_keys=False))
     else:
         if settings.verbosity >= 0 or err is not None:
             for line in render(report):
                 click.echo(line)
         for token in report.warnings:
-            click.echo(f"tdxupdate: warning: {report.warning_text[token]}", err=True)
+            _log.get_logger().warning(report.warning_text[token])
         if err is not None:
-            click.echo(f"tdxupdate: {err.message}", err=True)
+            _log.get_logger().error(err.message)
     return err.exit_code if err is not None else 0
+
+
+def _finish(settings: Settings, report: Any, started: float) -> int:
+    """Print the result, log the update summary, write the metrics file: the exit code."""
+    code = _emit(settings, report)
+    doc = report.document()
+    if settings.action == "update":
+        _log.log_update_summary(doc)
+    if settings.metrics_file is not None:
+        from tdxupdate import metrics
+
+        try:
+            metrics.write_textfile(
+                settings.metrics_file,
+                doc,
+                duration_s=time.monotonic() - started,
+                now=time.time(),
+            )
+        except TdxError as exc:
+            _log.get_logger().error(exc.message)
+            if code == 0:  # failures never exit 0; an earlier failure keeps its own code
+                code = exc.exit_code
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(argv) if argv is not None else sys.argv[1:]
     as_json = "--json" in args
     verbosity = 0
+    started = time.monotonic()
+    _log.setup(0)
     try:
         try:
             command.main(args=args, prog_name="tdxupdate", standalone_mode=False)
         except _Done as done:
-            opts = done.opts
+            opts, sources = done.opts, done.sources
         else:
             return 0  # --help / --version printed
         verbosity = opts["verbose"]
+        _log.setup(opts["verbose"] - opts["quiet"])
+        from tdxupdate import config as _config
+
+        config_path, required = _config.config_location(opts["config_file"])
+        # A simulation must not pick up this host's state_dir, repo or metrics_file.
+        if opts["simulate"] is not None and not required:
+            file_values: dict[str, object] = {}
+        else:
+            file_values = _config.load_config(config_path, required=required)
+        opts = _config.layer_options(opts, sources, file_values)
         settings = settings_from_options(opts)
         if opts["simulate"] is not None:
             with _simulation(settings, opts["simulate"]) as simulated:
                 report = run_action(simulated)
-                return _emit(simulated, report)
+                return _finish(simulated, report, started)
         report = run_action(settings)
-        return _emit(settings, report)
+        return _finish(settings, report, started)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -391,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(exc: TdxError, as_json: bool) -> int:
-    click.echo(f"tdxupdate: {exc.message}", err=True)
+    _log.get_logger().error(exc.message)
     if as_json:
         from tdxupdate.actions import SCHEMA_VERSION
 
