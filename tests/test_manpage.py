@@ -23,7 +23,7 @@ from tdxupdate.errors import EXIT_CODES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGE = REPO_ROOT / "man" / "tdxupdate.8"
-ADMIN_GUIDE = REPO_ROOT / "docs" / "admin-guide.md"
+ADMIN_GUIDE = REPO_ROOT / "README.md"
 TEXT = PAGE.read_text(encoding="utf-8")
 
 
