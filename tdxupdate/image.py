@@ -739,28 +739,31 @@ def _pad(data: bytes, multiple: int = PAGE_SIZE) -> bytes:
     return bytes(data) + b"\0" * (-len(data) % multiple)
 
 
-def build(sigstruct: bytes, module: bytes, fmt: int) -> bytes:
+def build(sigstruct: bytes, module: bytes | memoryview, fmt: int) -> bytes:
     """Assemble an image: header, sigstruct padded to one page, module padded to whole pages,
     checksum. No validation of the parts, so tests can forge broken images with it; Format A
     uses the published layout (offset_of_module 0x2000)."""
     if len(sigstruct) > PAGE_SIZE:
         raise ValueError(f"sigstruct is {len(sigstruct)} bytes, more than one page")
-    sig_area = _pad(sigstruct)
-    body = _pad(module)
-    header = bytearray(PAGE_SIZE)
+    module_area = len(module) + (-len(module) % PAGE_SIZE)
+    # One buffer of the final size, filled in place: the image is copied once, not per part.
+    out = bytearray(2 * PAGE_SIZE + module_area)
+    header = out  # the header fields all lie in the first page
     if fmt == FORMAT_A:
         layout = FORMAT_A_HEADER
-        layout["offset_of_module"].write(header, PAGE_SIZE + len(sig_area))
-        layout["length"].write(header, PAGE_SIZE + len(sig_area) + len(body))
+        layout["offset_of_module"].write(header, 2 * PAGE_SIZE)
+        layout["length"].write(header, len(out))
     elif fmt == FORMAT_B:
         layout = FORMAT_B_HEADER
-        layout["sigstruct_nr_pages"].write(header, len(sig_area) // PAGE_SIZE)
-        layout["module_nr_pages"].write(header, len(body) // PAGE_SIZE)
+        layout["sigstruct_nr_pages"].write(header, 1)
+        layout["module_nr_pages"].write(header, module_area // PAGE_SIZE)
     else:
         raise ValueError(f"unknown image format {fmt:#x}")
     layout["version"].write(header, fmt)
     layout["signature"].write(header, MAGIC)
-    return bytes(_set_checksum(header + sig_area + body))
+    out[PAGE_SIZE : PAGE_SIZE + len(sigstruct)] = sigstruct
+    out[2 * PAGE_SIZE : 2 * PAGE_SIZE + len(module)] = module
+    return bytes(_set_checksum(out))
 
 
 def convert(data: bytes | bytearray | memoryview, fmt: int) -> bytes:
@@ -784,8 +787,8 @@ def convert(data: bytes | bytearray | memoryview, fmt: int) -> bytes:
             check="checksum",
         )
     if info.format == fmt:
-        return bytes(view)
-    return build(info.sigstruct.raw, bytes(view[info.module_offset :]), fmt)
+        return data if isinstance(data, bytes) else bytes(view)
+    return build(info.sigstruct.raw, view[info.module_offset :], fmt)
 
 
 def make_sigstruct(

@@ -1,0 +1,203 @@
+"""Benchmarks: speed and memory, each reported as a ratio against a baseline measured in the
+same run (never as absolute thresholds, and never inside the test suite).
+
+    python bench/run.py            # all
+    python bench/run.py verify     # one
+
+* ``verify``   — full verification of a 2,039,808-byte image (the largest the kernel takes)
+  against the floor of any verifier: one SHA-384 pass over the same bytes.
+* ``convert``  — A→B conversion of that image against a plain ``bytes`` copy of it.
+* ``list``     — ``--list`` over a 20-image repository: bytes read from disk against the bytes
+  in the repository (the listing must read only the heads), and wall time against one
+  ``python -c pass`` start-up.
+* ``watch``    — CPU time the uploader spends watching ``status`` during a 2 s kernel-side
+  update, against the wall time it waited (the poll schedule must cost next to nothing).
+* ``memory``   — peak RSS growth while verifying and converting one maximal image, against the
+  image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from factories.images import make_image, test_key, write_repo  # noqa: E402
+
+from tdxupdate import image, uploader  # noqa: E402
+from tdxupdate.image import FORMAT_A, FORMAT_B  # noqa: E402
+
+MAX_MODULE_PAGES = 496
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def big_image(fmt: int = FORMAT_B) -> bytes:
+    return make_image("1.5.24", fmt=fmt, module_pages=MAX_MODULE_PAGES)
+
+
+def bench_verify() -> None:
+    data = big_image()
+    trusted = {test_key().fingerprint}
+    t_verify = best_of(lambda: image.verify(data, trusted_signers=trusted))
+    t_sha = best_of(lambda: hashlib.sha384(data).digest())
+    print(
+        f"verify: {len(data)} bytes in {t_verify * 1e3:.1f} ms; "
+        f"{t_verify / t_sha:.2f}x one SHA-384 pass ({t_sha * 1e3:.1f} ms)"
+    )
+
+
+def bench_convert() -> None:
+    data = big_image(FORMAT_A)
+    t_conv = best_of(lambda: image.convert(data, FORMAT_B))
+    t_copy = best_of(lambda: bytearray(data))
+    print(
+        f"convert A->B: {t_conv * 1e3:.1f} ms; {t_conv / t_copy:.1f}x a plain copy "
+        f"({t_copy * 1e3:.2f} ms; the checksum pass dominates)"
+    )
+
+
+def bench_list() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = [f"1.5.{u:02d}" for u in range(6, 26)]
+        repo = write_repo(
+            Path(tmp) / "repo", {v: make_image(v, module_pages=200) for v in versions}
+        )
+        host = Path(tmp) / "host"
+        from factories.hosts import build_host_tree
+
+        build_host_tree(host)
+        keys = Path(tmp) / "keys"
+        keys.write_text(test_key().fingerprint + "\n")
+        total = sum(p.stat().st_size for p in repo.rglob("*.blob"))
+        cmd = [
+            sys.executable,
+            "-m",
+            "tdxupdate",
+            "--list",
+            "--json",
+            "--sysroot",
+            str(host),
+            "--repo",
+            str(repo),
+            "--trusted-keys",
+            str(keys),
+        ]
+        t_list = best_of(lambda: subprocess.run(cmd, check=True, capture_output=True), 3)
+        t_py = best_of(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3)
+        # Bytes read, from the kernel's own accounting of the child's reads; the same run
+        # with the images removed is the baseline (Python, the modules, the mapping file).
+        with_images = _child_read_bytes(cmd)
+        for blob in repo.rglob("*.blob"):
+            blob.unlink()
+        without = _child_read_bytes(cmd)
+        read = with_images - without
+        print(
+            f"list: 20 images, {total} bytes in the repository, {read} bytes of them read "
+            f"({read / total:.4f}x the repository, {read / 20:.0f} per image); wall "
+            f"{t_list * 1e3:.0f} ms = {t_list / t_py:.1f}x a bare Python start-up "
+            f"({t_py * 1e3:.0f} ms)"
+        )
+
+
+def _child_read_bytes(cmd: list[str]) -> int:
+    """rchar of a child: bytes it read through read(2) (from /proc/<pid>/io before it exits)."""
+    code = (
+        "import runpy, sys, atexit\n"
+        "def report():\n"
+        "    for line in open('/proc/self/io'):\n"
+        "        if line.startswith('rchar'):\n"
+        "            sys.stderr.write('RCHAR ' + line.split()[1] + '\\n')\n"
+        "atexit.register(report)\n"
+        "from tdxupdate.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *cmd[3:]], capture_output=True, text=True)
+    for line in out.stderr.splitlines():
+        if line.startswith("RCHAR "):
+            return int(line.split()[1])
+    raise RuntimeError(out.stderr)
+
+
+def bench_watch() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for name, content in {
+            "loading": "0\n",
+            "status": "idle\n",
+            "error": "",
+            "remaining_size": "0\n",
+            "data": "",
+        }.items():
+            (d / name).write_text(content)
+        busy_for = 2.0
+
+        # A plain-file stand-in: after loading=0 the "kernel" is busy for busy_for seconds.
+        real_write = os.write
+
+        def fake_write(fd: int, data: bytes | memoryview) -> int:  # type: ignore[override]
+            n = real_write(fd, data)
+            if bytes(data) == b"0" and os.readlink(f"/proc/self/fd/{fd}").endswith("loading"):
+                (d / "status").write_text("transferring\n")
+                threading.Timer(busy_for, lambda: (d / "status").write_text("idle\n")).start()
+            return n
+
+        os.write = fake_write  # type: ignore[assignment]
+        try:
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            uploader.upload(d, b"x" * 8192, timeout=30)
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+        finally:
+            os.write = real_write  # type: ignore[assignment]
+        print(
+            f"watch: {wall:.2f} s waited for the kernel, {cpu * 1e3:.1f} ms CPU "
+            f"({cpu / wall * 100:.2f}% of one core)"
+        )
+
+
+def bench_memory() -> None:
+    import tracemalloc
+
+    data = big_image(FORMAT_A)
+    tracemalloc.start()
+    v = image.verify(data, trusted_signers={test_key().fingerprint})
+    out = image.convert(data, FORMAT_B)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert v.ok and len(out) > 0
+    print(
+        f"memory: peak Python allocation {peak / 1e6:.2f} MB verifying and converting a "
+        f"{len(data) / 1e6:.2f} MB image ({peak / len(data):.2f}x the image; the converted "
+        "copy itself is 1x)"
+    )
+
+
+BENCHES = {
+    "verify": bench_verify,
+    "convert": bench_convert,
+    "list": bench_list,
+    "watch": bench_watch,
+    "memory": bench_memory,
+}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or list(BENCHES):
+        BENCHES[name]()
