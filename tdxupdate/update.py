@@ -258,7 +258,27 @@ def _attempt(
             # Refused before anything was written (busy, no access): nothing to record (§5).
             raise
         return Attempt(fmt, None, "failed", exc.message, None, error=exc)
+    attempt = _judge(settings, facts, result, fmt, target, running)
+    if result.signal_after_commit is not None:
+        # §4 step 11: after loading=0 the kernel owns the update; say why we did not stop.
+        late = (
+            f"{signal.Signals(result.signal_after_commit).name} arrived after the image was "
+            "committed: the kernel owned the update, so tdxupdate kept watching instead of "
+            "stopping"
+        )
+        attempt = replace(attempt, message=f"{attempt.message} ({late})")
+    return attempt
 
+
+def _judge(
+    settings: Settings,
+    facts: _host.HostFacts,
+    result: uploader.UploadResult,
+    fmt: int,
+    target: Version,
+    running: Version,
+) -> Attempt:
+    """The outcome of one streamed attempt: signal, timeout, kernel error, version read-back."""
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name
         return Attempt(
@@ -287,9 +307,11 @@ def _attempt(
             return Attempt(
                 fmt, result, "module-lost", _lost_sentence(result.kernel_error), remaining_after
             )
+        # The decoded sentence says the version is checked next; say what the check found.
+        sentence = f"{info.sentence} {_checked(after, running, facts.num_remaining_updates)}"
         if info.code == "device-busy":
-            return Attempt(fmt, result, "device-busy", info.sentence, remaining_after)
-        return Attempt(fmt, result, "failed", info.sentence, remaining_after)
+            return Attempt(fmt, result, "device-busy", sentence, remaining_after)
+        return Attempt(fmt, result, "failed", sentence, remaining_after)
     if lost:
         return Attempt(fmt, result, "module-lost", _lost_sentence(None), remaining_after)
     if after.module_version == target:
@@ -309,6 +331,21 @@ def _attempt(
         f"the kernel accepted the image but the running version is {shown}, not {target}",
         remaining_after,
     )
+
+
+def _checked(after: _host.HostFacts, running: Version, remaining_before: int | None) -> str:
+    """What re-reading ``version`` (and the counter) after a kernel error found (§4 step 9)."""
+    shown = after.module_version
+    if shown == running:
+        said = f"Checked: the module version still reads {running}, so the old module keeps running"
+    elif shown is None:
+        said = "Checked: the module version cannot be read now; see 'tdxupdate --status'"
+    else:
+        said = f"Checked: the module version now reads {shown}, not {running}"
+    left = after.num_remaining_updates
+    if remaining_before is not None and left is not None and left != remaining_before:
+        said += f"; num_remaining_updates went from {remaining_before} to {left}"
+    return said + "."
 
 
 def _is_lost(after: _host.HostFacts) -> bool:
