@@ -99,6 +99,10 @@ def require_policy_facts(facts: _host.HostFacts) -> policy.HostView:
     """The facts ``--list`` and ``--update`` cannot do without (exit 69/77 otherwise)."""
     if not facts.tdx_host:
         raise _check_error(facts, "tdx-host")
+    if facts.erratum_seamret_invd_vmcs:
+        # The kernel hides the P-SEAMLDR attributes and the upload device on such CPUs; the
+        # erratum is the cause worth naming, not the unreadable version it leads to.
+        raise _check_error(facts, "erratum-seamret-invd-vmcs")
     for name in ("module_version", "seamldr_version", "cpu_signature"):
         problem = facts.problems.get(name)
         if problem is not None:

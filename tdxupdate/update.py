@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -191,6 +192,68 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
 
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
+    with _signals_deferred() as deferred:
+        outcome = _attempts(
+            report,
+            settings,
+            facts,
+            data,
+            verification,
+            formats,
+            selected.version,
+            view,
+            image_sha256,
+            remaining_before,
+            progress,
+        )
+    if deferred:
+        names = ", ".join(signal.Signals(s).name for s in deferred)
+        report.warn(
+            "signal-deferred",
+            f"{names} arrived outside the stream; tdxupdate finished the attempt and its "
+            "history record first",
+        )
+    _finish(report, outcome, selected.version, remaining_before)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM from the first write until the attempt is recorded.
+
+    While streaming, the uploader installs its own handlers (abort with ``loading=-1``); around
+    that, a signal must not kill the process between a committed upload and its history record
+    (§5: every attempt that reached the kernel is recorded).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def hold(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _attempts(
+    report: actions.Report,
+    settings: Settings,
+    facts: _host.HostFacts,
+    data: bytes,
+    verification: _image.Verification,
+    formats: list[int],
+    target: Version,
+    view: policy.HostView,
+    image_sha256: str,
+    remaining_before: int | None,
+    progress: ProgressFactory,
+) -> Attempt:
+    """Send the image (and, on a header refusal, once more in the other format); record each."""
     for attempt_no, fmt in enumerate(formats, start=1):
         payload = _image.convert(data, fmt)
         if verification.info is not None and verification.info.format != fmt:
@@ -200,7 +263,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
                 "unchanged)"
             )
         attempt = _attempt(
-            report, settings, facts, payload, fmt, selected.version, view.module_version, progress
+            report, settings, facts, payload, fmt, target, view.module_version, progress
         )
         report.doc["kernel_error"] = attempt.result.kernel_error if attempt.result else None
         _record(
@@ -209,7 +272,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             attempt,
             attempt_no,
             from_version=view.module_version,
-            to_version=selected.version,
+            to_version=target,
             image_sha256=image_sha256,
             remaining_before=remaining_before,
         )
@@ -227,8 +290,8 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
                 f"module; retrying once as Format {_fmt_name(formats[attempt_no])}",
             )
             continue
-        _finish(report, attempt, selected.version, remaining_before)
-        return
+        return attempt
+    raise AssertionError("unreachable: the last format never retries")
 
 
 def _attempt(
@@ -409,6 +472,7 @@ def _finish(
     report: actions.Report, attempt: Attempt, target: Version, remaining_before: int | None
 ) -> None:
     outcome = attempt.outcome
+    report.doc["remaining_after"] = attempt.remaining_after
     report.doc["fatal"] = outcome == "module-lost"
     report.doc["changed"] = outcome in ("success",)
     if outcome == "success":

@@ -551,8 +551,8 @@ def test_preflight_refusals_write_nothing(
         (
             {"kernel": "v10", "erratum": True},
             69,
-            "version-unreadable",
-            "the kernel shows the P-SEAMLDR attributes only when the module can be updated",
+            "no-upload-interface",
+            "seamret_invd_vmcs",
         ),
         # the CPU signature cannot be known (not an Intel CPU)
         ({"kernel": "ml", "vendor": "AuthenticAMD"}, 69, "cpu-unknown", "AuthenticAMD"),
