@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tdxupdate.host import format_cpu_list
 from tdxupdate.image import INTEL_PRODUCTION_SIGNER
 from tdxupdate.sim.faults import parse_fault
 from tdxupdate.versions import Version
@@ -96,20 +97,6 @@ def parse_cpu_list(text: str) -> frozenset[int]:
             raise ValueError(f"{text!r}: range {part} runs backwards")
         cpus.update(range(lo, hi + 1))
     return frozenset(cpus)
-
-
-def format_cpu_list(cpus: Iterable[int]) -> str:
-    """The kernel's cpulist output (``%*pbl``): ascending ranges, ``0-5,7``."""
-    ordered = sorted(set(cpus))
-    parts: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def parse_cpu_signature(value: str | int) -> int:
