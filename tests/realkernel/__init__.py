@@ -1,0 +1,1 @@
+"""The real-kernel test tier (tests/realkernel/README.md)."""
