@@ -11,6 +11,7 @@ text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding
 block = re.search(r"```(?:sh|bash|console)?\n(.*?)```", text, re.S)
 if block is None:
     sys.exit("README.md has no code block")
-commands = [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+lines = block.group(1).splitlines()
+commands = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 which = {"run": 0, "test": 1}[sys.argv[1]]
 print(commands[which])
