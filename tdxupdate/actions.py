@@ -120,11 +120,16 @@ def _check_error(facts: _host.HostFacts, name: str) -> TdxError:
 
 
 def host_warnings(report: Report, facts: _host.HostFacts, catalog: Catalog | None) -> None:
-    """``running-module-lacks-update-compat`` (reference-tool.md, tdx_feature0 bit 47)."""
-    if facts.module_version is None or catalog is None:
-        return
-    release = catalog.get(facts.module_version)
-    if release is not None and release.update_compat is False:
+    """``running-module-lacks-update-compat`` (reference-tool.md, tdx_feature0 bit 47).
+
+    The v3 kernel series says so itself (``compat_capable`` 0); otherwise the running
+    version's ``tdx_feature0`` in the mapping file tells.
+    """
+    lacks = facts.compat_capable is False
+    if facts.module_version is not None and catalog is not None:
+        release = catalog.get(facts.module_version)
+        lacks = lacks or (release is not None and release.update_compat is False)
+    if lacks:
         report.warn(
             "running-module-lacks-update-compat",
             f"the running module {facts.module_version} lacks update compatibility "

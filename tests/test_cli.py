@@ -804,3 +804,27 @@ def test_sha_of_image_is_stable(tmp_path: Path) -> None:
         hashlib.sha256(make_image("1.5.08")).digest()
         == hashlib.sha256(make_image("1.5.08")).digest()
     )
+
+
+@pytest.mark.parametrize(("compat", "warned"), [(0, True), (1, False)])
+def test_v3_compat_capable_zero_warns_without_a_mapping(
+    run: Any, tmp_path: Path, compat: int, warned: bool
+) -> None:
+    root = build_host_tree(tmp_path / "h", generation="G2", v3=True, compat_capable=compat)
+    res = run("--json", "--sysroot", root, "--repo", tmp_path / "none")
+    assert res.code == 0
+    assert ("running-module-lacks-update-compat" in res.doc["warnings"]) is warned
+
+
+def test_update_compat_warning_from_the_mapping(run: Any, tmp_path: Path, keys: Path) -> None:
+    rels = [Release("1.5.06", tdx_feature0="0x2"), Release("1.5.24", tdx_feature0="0x800000000002")]
+    repo = write_repo(
+        tmp_path / "r", {"1.5.06": make_image("1.5.06", cpuids=SPR)}, mapping_document(rels)
+    )
+    old = build_host_tree(tmp_path / "old", module="1.5.06")
+    new = build_host_tree(tmp_path / "new", module="1.5.24")
+    for root, warned in ((old, True), (new, False)):
+        res = run("--list", "--json", "--sysroot", root, "--repo", repo, "--trusted-keys", keys)
+        assert ("running-module-lacks-update-compat" in res.doc["warnings"]) is warned
+    res = run("--list", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
+    assert "warning: the running module 1.5.06 lacks update compatibility" in res.err
