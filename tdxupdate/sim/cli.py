@@ -33,8 +33,10 @@ from tdxupdate.sim.profiles import PROFILES, get_profile
 
 
 def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tdxupdate" / "sim"
+    """The same place ``tdxupdate --simulate`` keeps its sample repository and key."""
+    from tdxupdate.settings import default_cache_dir
+
+    return default_cache_dir() / "sim"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
