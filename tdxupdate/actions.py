@@ -7,6 +7,7 @@ what was learnt before the failure so ``--json`` can still show it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,7 +354,7 @@ def run_verify(settings: Settings, report: Report) -> None:
             )
         for version in sorted(refs, reverse=True):
             ref = refs[version]
-            check(ref.location, version, lambda ref=ref: repo.read(ref))
+            check(ref.location, version, functools.partial(repo.read, ref))
     bad = [r for r in results if not r["ok"]]
     if bad:
         names = ", ".join(r["path"] for r in bad)

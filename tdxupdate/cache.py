@@ -89,7 +89,7 @@ class Entry:
         url = doc.get("url")
         if not isinstance(url, str):
             raise ValueError("url missing")
-        out = cls(url)
+        fields: dict[str, Any] = {}
         for name, kind in (
             ("etag", str),
             ("last_modified", str),
@@ -100,7 +100,7 @@ class Entry:
             value = doc.get(name)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
                 raise ValueError(f"{name}: wrong type")
-            out = replace(out, **{name: value})
+            fields[name] = value
         for name in ("sha256", "head_sha256"):
             value = doc.get(name)
             if value is not None and not _HEX64.match(value):
@@ -109,8 +109,8 @@ class Entry:
             value = doc.get(name, 0.0)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"{name}: wrong type")
-            out = replace(out, **{name: float(value)})
-        return out
+            fields[name] = float(value)
+        return cls(url, **fields)
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:

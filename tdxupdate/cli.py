@@ -452,7 +452,7 @@ def _fail(exc: TdxError, as_json: bool) -> int:
     if as_json:
         from tdxupdate.actions import SCHEMA_VERSION
 
-        doc = {
+        doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "action": None,
             "ok": False,

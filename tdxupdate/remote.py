@@ -387,15 +387,15 @@ class HttpClient:
                 failure = exc
             if not failure.retryable or attempt >= attempts:
                 break
-            if failure.retry_after is not None:
-                if failure.retry_after > tuning.max_retry_after:
+            retry_after = failure.retry_after
+            if retry_after is not None:
+                if retry_after > tuning.max_retry_after:
                     failure = NetworkFailure(
-                        f"{failure.cause}; the server asks to retry after "
-                        f"{failure.retry_after:g} s",
+                        f"{failure.cause}; the server asks to retry after {retry_after:g} s",
                         retryable=False,
                     )
                     break
-                delay = failure.retry_after
+                delay = retry_after
             else:
                 delay = min(tuning.backoff * 2 ** (attempt - 1), tuning.max_backoff)
             tuning.sleep(delay)
@@ -965,7 +965,7 @@ def open_remote(
     elif mapping_path is None:
         mapping_url = _web_url(mapping, "--mapping")
 
-    insecure = [u for u in (mapping_url, base_url) if _is_plain_http(u)]
+    insecure = [u for u in (mapping_url, base_url) if u is not None and _is_plain_http(u)]
     if insecure and not allow_insecure_http:
         raise UsageError(
             f"{redact(insecure[0])}: refusing plain http: the mapping file decides what is safe "

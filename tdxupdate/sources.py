@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from tdxupdate import catalog as _catalog
@@ -120,7 +120,7 @@ def local_path(text: str) -> Path | None:
     return None
 
 
-def open_repository(repo: str, mapping: str | None = None, **remote_options: object) -> Repository:
+def open_repository(repo: str, mapping: str | None = None, **remote_options: Any) -> Repository:
     """A repository for ``--repo`` (directory or URL) and an optional ``--mapping`` override."""
     repo_path = local_path(repo)
     mapping_path = local_path(mapping) if mapping is not None else None

@@ -35,13 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tdxupdate.host import format_cpu_list
 from tdxupdate.sim.blob import ImageRejected, parse_for_kernel
 from tdxupdate.sim.config import (
     TD_PRESERVING_BIT,
     UPDATE_COMPAT_BIT,
     SimConfig,
     StageDurations,
-    format_cpu_list,
     parse_cpu_list,
 )
 from tdxupdate.sim.faults import UPLOAD_KINDS, Fault, parse_fault
