@@ -683,18 +683,7 @@ class RemoteRepository:
             # Parse before caching: an invalid mapping (65) never replaces a good copy.
             parsed = _catalog.parse_catalog(resp.body, key)
             digest = self.cache.store("mappings", resp.body)
-            now = self.clock()
-            self.cache.put_entry(
-                Entry(
-                    key,
-                    etag=resp.etag,
-                    last_modified=resp.last_modified,
-                    size=len(resp.body),
-                    sha256=digest,
-                    fetched_at=now,
-                    validated_at=now,
-                )
-            )
+            self._remember(key, resp, size=len(resp.body), sha256=digest)
             return parsed
         if resp.status in (404, 410):
             raise NotFound(f"{key}: {resp.status_text}", code="mapping-not-found")
@@ -765,18 +754,7 @@ class RemoteRepository:
             if resp.status == 206:
                 head, total = self._partial(key, resp)
                 digest = self.cache.store("heads", head)
-                now = self.clock()
-                self.cache.put_entry(
-                    Entry(
-                        key,
-                        etag=resp.etag,
-                        last_modified=resp.last_modified,
-                        size=total,
-                        head_sha256=digest,
-                        fetched_at=now,
-                        validated_at=now,
-                    )
-                )
+                self._remember(key, resp, size=total, head_sha256=digest)
                 return self._seen(key, head, total)
             if resp.status == 200:
                 # The server ignored Range: the whole image came; keep it (verified).
@@ -833,20 +811,32 @@ class RemoteRepository:
             return False
         digest = resp.staged.commit()
         head_digest = self.cache.store("heads", data[: _image.HEAD_SIZE])
+        self._remember(key, resp, size=len(data), sha256=digest, head_sha256=head_digest)
+        return True
+
+    def _remember(
+        self,
+        key: str,
+        resp: Response,
+        *,
+        size: int,
+        sha256: str | None = None,
+        head_sha256: str | None = None,
+    ) -> None:
+        """Index what was just fetched with the validators for the next conditional request."""
         now = self.clock()
         self.cache.put_entry(
             Entry(
                 key,
                 etag=resp.etag,
                 last_modified=resp.last_modified,
-                size=len(data),
-                sha256=digest,
-                head_sha256=head_digest,
+                size=size,
+                sha256=sha256,
+                head_sha256=head_sha256,
                 fetched_at=now,
                 validated_at=now,
             )
         )
-        return True
 
     def _same_as_listed(self, key: str, data: bytes) -> None:
         """The policy chose on the head seen in this run: the whole image must start with it."""
