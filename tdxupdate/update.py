@@ -342,6 +342,13 @@ def _judge(
     running: Version,
 ) -> Attempt:
     """The outcome of one streamed attempt: signal, timeout, kernel error, version read-back."""
+    if result.interrupted is not None and not result.touched:
+        # The signal came before the first write: nothing reached the kernel, nothing to record.
+        name = signal.Signals(result.interrupted).name
+        raise Interrupted(
+            f"interrupted by {name} before anything was written to the upload interface",
+            exit_code=128 + result.interrupted,
+        )
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name
         return Attempt(

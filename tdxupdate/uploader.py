@@ -98,6 +98,9 @@ class UploadResult:
     bytes_written: int
     remaining_size: int | None
     committed: bool
+    #: anything was written to the interface (``loading=1`` onwards); False only for a signal
+    #: that arrived before the first write, which leaves nothing to record (contract §5)
+    touched: bool = True
 
     @property
     def accepted(self) -> bool:
@@ -446,6 +449,7 @@ def _upload(
                 bytes_written=written,
                 remaining_size=None,
                 committed=False,
+                touched=phase.written,
             )
         _commit(loading)
         phase.committed = True

@@ -38,7 +38,7 @@ import pytest
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from factories.sim import mount_sim
 
-from tdxupdate import __version__, history
+from tdxupdate import __version__, history, uploader
 from tdxupdate.cli import main
 from tdxupdate.image import FORMAT_A, FORMAT_B, convert
 from tdxupdate.schemas import load_schema
@@ -1006,3 +1006,32 @@ def test_history_shows_every_attempt_oldest_first(tool_for: Callable[[str], Tool
         assert f"format {rec['image_format']}" in line
     assert "[transferring:device-busy]" in lines[1]
     assert "remaining 8 -> 7" in lines[3]
+
+
+def test_signal_before_anything_was_written_exits_without_a_record(
+    tool_for: Callable[[str], Tool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SIGTERM that lands between opening data and loading=1: the driver reports that it
+    # touched nothing, so there is no attempt to record (§5), only the exit code.
+    tool = tool_for("ml")
+
+    def signal_first(upload_dir: Path, image: bytes, **kwargs: Any) -> uploader.UploadResult:
+        return uploader.UploadResult(
+            kernel_error=None,
+            final_status="idle",
+            timed_out=False,
+            interrupted=signal.SIGTERM,
+            signal_after_commit=None,
+            duration_s=0.0,
+            bytes_written=0,
+            remaining_size=None,
+            committed=False,
+            touched=False,
+        )
+
+    monkeypatch.setattr(uploader, "upload", signal_first)
+    doc = assert_fails(tool("--update", "--json"), 143, "interrupted")
+    assert "before anything was written" in doc["error"]["message"]
+    assert tool.records() == []
+    assert tool.host.state()["uploads"] == []
+    assert_unchanged(tool.host)

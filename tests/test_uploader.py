@@ -557,6 +557,27 @@ def test_signal_while_streaming_aborts_and_reports(
     assert sentinel_handlers == []
 
 
+def test_signal_before_the_first_write_touches_nothing(
+    fw: FakeFwUpload, sentinel_handlers: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The signal lands while data is being opened: loading was never written, so the attempt
+    # reached nothing and must not be recorded (contract §5).
+    patched_open = os.open
+
+    def open_then_signal(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        fd = patched_open(path, flags, mode, dir_fd=dir_fd)
+        if Path(os.fsdecode(path)).name == "data":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_signal)
+    result = run(fw, image_of(2 * PAGE))
+    assert result.interrupted == signal.SIGTERM
+    assert result.touched is False and result.bytes_written == 0
+    assert fw.loading_writes == [] and fw.data_calls == 0
+    assert sentinel_handlers == []
+
+
 def test_signal_after_commit_does_not_stop_the_watch(
     fw: FakeFwUpload, sentinel_handlers: list[int]
 ) -> None:
