@@ -17,7 +17,7 @@ from tdxupdate import __version__, keyring, policy, sources
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.catalog import Catalog
-from tdxupdate.errors import InvalidImage, TdxError, Unavailable
+from tdxupdate.errors import InvalidImage, TdxError
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
 
@@ -375,7 +375,3 @@ def run_history(settings: Settings, report: Report) -> None:
             f"{len(loaded.skipped)} unreadable line(s) in "
             f"{history.history_path(settings.state_dir)}: {loaded.skipped[0]}",
         )
-
-
-def unavailable(message: str, code: str = "no-tdx-host") -> Unavailable:
-    return Unavailable(message, code=code)

@@ -75,6 +75,8 @@ class Attempt:
     remaining_after: int | None
     #: the error the stream itself failed with (before the kernel owned the image)
     error: TdxError | None = None
+    #: ``version`` as re-read after the kernel finished (None: not read, or unreadable)
+    version_after: Version | None = None
 
 
 def run_update(
@@ -281,7 +283,9 @@ def _attempts(
             and attempt.outcome == "failed"
             and attempt.result is not None
             and attempt.result.kernel_error == "transferring:firmware-invalid"
-            and _unchanged(settings, facts, view.module_version, remaining_before)
+            # the header was refused before anything was touched (§4 step 10)
+            and attempt.version_after == view.module_version
+            and attempt.remaining_after == remaining_before
         )
         if retry:
             report.warn(
@@ -371,35 +375,31 @@ def _judge(
     after = _host.discover(_host.Sysroot(settings.sysroot), cpu_signature=facts.cpu_signature)
     remaining_after = after.num_remaining_updates
     lost = _is_lost(after)
+
+    def judged(outcome: str, message: str) -> Attempt:
+        return Attempt(
+            fmt, result, outcome, message, remaining_after, version_after=after.module_version
+        )
+
     if result.kernel_error is not None:
         info = uploader.decode_kernel_error(result.kernel_error)
         if lost:
-            return Attempt(
-                fmt, result, "module-lost", _lost_sentence(result.kernel_error), remaining_after
-            )
+            return judged("module-lost", _lost_sentence(result.kernel_error))
         # The decoded sentence says the version is checked next; say what the check found.
         sentence = f"{info.sentence} {_checked(after, running, facts.num_remaining_updates)}"
-        if info.code == "device-busy":
-            return Attempt(fmt, result, "device-busy", sentence, remaining_after)
-        return Attempt(fmt, result, "failed", sentence, remaining_after)
+        return judged("device-busy" if info.code == "device-busy" else "failed", sentence)
     if lost:
-        return Attempt(fmt, result, "module-lost", _lost_sentence(None), remaining_after)
+        return judged("module-lost", _lost_sentence(None))
     if after.module_version == target:
-        return Attempt(
-            fmt,
-            result,
+        return judged(
             "success",
             f"Confirmed: {running} -> {target}; version now reads {target}, "
             f"num_remaining_updates {facts.num_remaining_updates} -> {remaining_after}",
-            remaining_after,
         )
     shown = str(after.module_version) if after.module_version is not None else "unreadable"
-    return Attempt(
-        fmt,
-        result,
+    return judged(
         "version-mismatch",
         f"the kernel accepted the image but the running version is {shown}, not {target}",
-        remaining_after,
     )
 
 
@@ -431,13 +431,6 @@ def _lost_sentence(kernel_error: str | None) -> str:
         f"the update failed after the old module was shut down{said}: the TDX module is lost, "
         "every running TD has been killed, and TDX is unusable until this host reboots"
     )
-
-
-def _unchanged(
-    settings: Settings, facts: _host.HostFacts, running: Version, remaining: int | None
-) -> bool:
-    after = _host.discover(_host.Sysroot(settings.sysroot), cpu_signature=facts.cpu_signature)
-    return after.module_version == running and after.num_remaining_updates == remaining
 
 
 def _record(
