@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import __version__, keyring, policy, sources
+from tdxupdate import __version__, keyring, policy, releases, sources
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.catalog import Catalog
@@ -194,6 +194,29 @@ def image_facts_from_head(
         is_debug=info.sigstruct.is_debug,
         cpuid_table=info.sigstruct.cpuid_table,
         failures=failures,
+        seamsvn=info.sigstruct.seamsvn,
+        mrseam=info.sigstruct.seamhash.hex(),
+        signer=info.sigstruct.signer,
+    )
+
+
+def image_facts_from_verified(verified: _image.VerifiedImage) -> policy.ImageFacts:
+    """The policy's facts about an image, all taken from the one buffer that was verified
+    (and that is the one streamed)."""
+    v = verified.verification
+    failures = tuple((c.name, c.detail) for c in v.failed if c.name != "debug")
+    if v.info is None:
+        return policy.ImageFacts(verified.location, failures=failures)
+    sig = v.info.sigstruct
+    return policy.ImageFacts(
+        verified.location,
+        image_format=v.info.format,
+        is_debug=sig.is_debug,
+        cpuid_table=sig.cpuid_table,
+        failures=failures,
+        seamsvn=sig.seamsvn,
+        mrseam=verified.mrseam,
+        signer=sig.signer,
     )
 
 
@@ -232,11 +255,20 @@ def candidate_json(c: policy.Candidate) -> dict[str, Any]:
         "debug": img.is_debug if parsed and img is not None else None,
         "path": img.path if img is not None else None,
         "image_format": fmt_hex(img.image_format) if img is not None else None,
+        "seamsvn": fmt_hex(img.seamsvn) if img is not None else None,
+        "mrseam": img.mrseam if img is not None else None,
+        "pinned": (
+            policy.pinned(c.version, img, releases.intel_releases()) if img is not None else None
+        ),
     }
 
 
 def policy_options(settings: Settings) -> policy.Options:
-    return policy.Options(allow_debug=settings.allow_debug, strict_compat=settings.strict_compat)
+    return policy.Options(
+        allow_debug=settings.allow_debug,
+        strict_compat=settings.strict_compat,
+        releases=releases.intel_releases(),
+    )
 
 
 # --- --status -----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tdxupdate.errors import InvalidImage, NotFound, from_oserror
 from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
@@ -320,6 +320,20 @@ class Verification:
 # Parsing the head
 
 
+#: Verdicts kept by the digest of the exact bytes they judge (a head and its size, a sigstruct):
+#: a second look at the same bytes in one process reuses the verdict, and different bytes (an
+#: image replaced between two reads) never meet it. Bounded; cleared when full.
+_MEMO_LIMIT = 8192
+_inspected: dict[tuple[bytes, int], ImageInfo] = {}
+_signature_checks: dict[bytes, Check] = {}
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+
+
 def inspect(head: bytes | bytearray | memoryview, size: int) -> ImageInfo:
     """Parse the container and sigstruct from the first ``HEAD_SIZE`` bytes of an image.
 
@@ -327,8 +341,18 @@ def inspect(head: bytes | bytearray | memoryview, size: int) -> ImageInfo:
     image of ``size`` bytes. Applies every rule of image-formats.md §1 and the hard sigstruct
     header checks of §4.1 that need no module bytes: magic first, then the format version and
     size limits, then the header fields, then the sigstruct. Raises InvalidImage (``container``).
+    The same bytes are parsed once per process (the result is immutable).
     """
     view = memoryview(head).cast("B")[:HEAD_SIZE]
+    key = (hashlib.sha256(view).digest(), size)
+    info = _inspected.get(key)
+    if info is None:
+        info = _parse_head(view, size)
+        _remember(_inspected, key, info)
+    return info
+
+
+def _parse_head(view: memoryview, size: int) -> ImageInfo:
     if size < 0 or len(view) < min(size, HEAD_SIZE) or len(view) > size:
         raise _container_error(
             f"head holds {len(view)} bytes, expected the first {min(max(size, 0), HEAD_SIZE)} "
@@ -533,6 +557,16 @@ def verify_signature(sig: Sigstruct) -> bool:
 
 
 def _signature_check(sig: Sigstruct) -> Check:
+    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process."""
+    key = hashlib.sha384(sig.raw).digest()
+    check = _signature_checks.get(key)
+    if check is None:
+        check = _compute_signature_check(sig)
+        _remember(_signature_checks, key, check)
+    return check
+
+
+def _compute_signature_check(sig: Sigstruct) -> Check:
     expected = _expected_block(sig)
     message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
     em = _decode_signature(sig)
@@ -725,6 +759,68 @@ def verify(
     return Verification(info, (container, checksum, seamhash, *rest))
 
 
+@dataclass(frozen=True)
+class VerifiedImage:
+    """One image read once, every check of §4 run on that one buffer.
+
+    This is the only value ``--update`` streams: its policy facts (cpuid table, debug bit,
+    SEAMSVN, MRSEAM, signer) come from :attr:`verification`, computed on :attr:`data`, and
+    :meth:`payload` converts those same bytes without parsing them again.
+    """
+
+    data: bytes
+    verification: Verification
+    sha256: str
+    location: str
+
+    @property
+    def ok(self) -> bool:
+        return self.verification.ok
+
+    @property
+    def info(self) -> ImageInfo:
+        if self.verification.info is None:
+            raise InvalidImage(f"{self.location}: the container is invalid")
+        return self.verification.info
+
+    @property
+    def mrseam(self) -> str | None:
+        """SHA-384 of the module pages (hex), when the SEAMHASH check found them to match."""
+        if self.verification.info is None or not self.verification.check("seamhash").ok:
+            return None
+        return self.verification.info.sigstruct.seamhash.hex()
+
+    def payload(self, fmt: int) -> bytes:
+        """The bytes to send in format ``fmt``: :attr:`data` itself, or its conversion."""
+        if not self.ok:
+            raise InvalidImage(f"{self.location}: refusing to send an image that failed checks")
+        info = self.info
+        if info.format == fmt:
+            return self.data
+        if fmt not in FORMAT_NAMES:
+            raise ValueError(f"unknown image format {fmt:#x}")
+        return build(info.sigstruct.raw, memoryview(self.data)[info.module_offset :], fmt)
+
+
+def verify_image(
+    data: bytes,
+    *,
+    location: str,
+    trusted_signers: Collection[str],
+    allow_debug: bool = False,
+    expected_version: Version | None = None,
+) -> VerifiedImage:
+    """:func:`verify` over ``data``, kept with the bytes it judged and their SHA-256."""
+    data = bytes(data)
+    verification = verify(
+        data,
+        trusted_signers=trusted_signers,
+        allow_debug=allow_debug,
+        expected_version=expected_version,
+    )
+    return VerifiedImage(data, verification, hashlib.sha256(data).hexdigest(), location)
+
+
 # ---------------------------------------------------------------------------------------------
 # Assembling and converting
 
@@ -911,6 +1007,7 @@ __all__ = [
     "ImageInfo",
     "Sigstruct",
     "Verification",
+    "VerifiedImage",
     "build",
     "checksum16",
     "convert",
@@ -921,5 +1018,6 @@ __all__ = [
     "read_image",
     "signed_message",
     "verify",
+    "verify_image",
     "verify_signature",
 ]

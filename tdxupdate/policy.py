@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from tdxupdate.catalog import Release
 from tdxupdate.errors import DataError
+from tdxupdate.releases import ReleaseTable
 from tdxupdate.versions import Version
 
 #: Every reason token, in the order they are reported (cli-contract.md §3).
@@ -28,6 +29,8 @@ REASONS: tuple[str, ...] = (
     "same-as-running",
     "below-min-td-preserving",
     "seamldr-incompatible",
+    "release-mismatch",
+    "seamsvn-below-running",
     "cpu-unsupported",
     "debug-module",
     "not-strict-compatible",
@@ -55,6 +58,10 @@ class ImageFacts:
     cpuid_table: tuple[int, ...] | None = None
     #: failed checks as ``(check name, detail)``; ``debug`` is not a failure here.
     failures: tuple[tuple[str, str], ...] = ()
+    #: the sigstruct's SEAMSVN, its SEAMHASH (= MRSEAM, hex) and signer (SHA-256 of the modulus)
+    seamsvn: int | None = None
+    mrseam: str | None = None
+    signer: str | None = None
 
     @property
     def parsed(self) -> bool:
@@ -66,6 +73,8 @@ class ImageFacts:
 class Options:
     allow_debug: bool = False
     strict_compat: bool = False
+    #: published releases that bind an image to its version; None: no binding (unit tests)
+    releases: ReleaseTable | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,8 @@ def evaluate_one(
                 "cpu-unsupported",
                 f"{version} supports CPUs {table}; this CPU is {host.cpu_signature:#x}",
             )
+        for token, sentence in binding_problems(version, image, host, options.releases):
+            add(token, sentence)
         if image.is_debug and not options.allow_debug:
             add("debug-module", f"{version} is debug-signed (allow with --allow-debug)")
 
@@ -172,6 +183,60 @@ def evaluate_one(
 
     reasons = tuple(token for token in REASONS if token in found)
     return Candidate(version, release, image, reasons, {t: found[t] for t in reasons})
+
+
+def pinned(version: Version, image: ImageFacts, table: ReleaseTable | None) -> bool:
+    """The image is bound to ``version`` by the published release table (signer and entry)."""
+    return (
+        table is not None
+        and image.signer is not None
+        and image.signer == table.signer
+        and table.get(version) is not None
+    )
+
+
+def binding_problems(
+    version: Version, image: ImageFacts, host: HostView, table: ReleaseTable | None
+) -> list[tuple[str, str]]:
+    """Evidence that an image is the version it is offered as (mainline-and-attestation.md §3).
+
+    An image signed by the table's key and offered as a published version must carry that
+    release's SEAMSVN and MRSEAM (``release-mismatch``). Any other image is unpinned: its
+    SEAMSVN must be at least the running module's (``seamsvn-below-running``), which stops an
+    older module renamed as a newer one from being installed as an upgrade.
+    """
+    if table is None or image.seamsvn is None:
+        return []
+    if pinned(version, image, table):
+        published = table.get(version)
+        assert published is not None
+        wrong = []
+        if image.seamsvn != published.seamsvn:
+            wrong.append(f"SEAMSVN {image.seamsvn:#06x}, published {published.seamsvn:#06x}")
+        if image.mrseam is not None and not published.mrseam_matches(image.mrseam):
+            wrong.append(f"MRSEAM {image.mrseam[:16]}…, published {published.mrseam[:16]}…")
+        if wrong:
+            return [
+                (
+                    "release-mismatch",
+                    f"{version}: the image is not Intel's published {version} ("
+                    + "; ".join(wrong)
+                    + ")",
+                )
+            ]
+        return []
+    if version <= host.module_version:
+        return []  # already refused as older or the same; the SVN adds nothing
+    floor = table.seamsvn_floor(host.module_version)
+    if floor is not None and image.seamsvn < floor:
+        return [
+            (
+                "seamsvn-below-running",
+                f"{version}: unpinned image with SEAMSVN {image.seamsvn:#06x}, below the running "
+                f"{host.module_version}'s {floor:#06x} (an older module under a newer name)",
+            )
+        ]
+    return []
 
 
 def seamldr_compatible(minimums: Iterable[Version], running: Version) -> bool:

@@ -14,13 +14,13 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from hashlib import sha256
 
 from tdxupdate import __version__, actions, history, lock, policy, uploader
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
     PERMANENT_EXIT_CODES,
+    DataError,
     Interrupted,
     InvalidImage,
     KernelFailure,
@@ -145,34 +145,59 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             f"left, all {len(facts.cpus_present or ())} CPUs online"
         )
 
-        # §4 step 5: verify the chosen image fully, read once.
+        # §4 step 5: read the chosen image once and judge that one buffer: every check of
+        # image-formats.md §4 and every policy fact (cpuid table, debug bit, SEAMSVN, MRSEAM)
+        # again, because the listing judged an earlier read of its head. Only this value is
+        # converted and streamed.
         ref = inventory.refs[selected.version]
-        data = inventory.repo.read(ref)
-        verification = _image.verify(
-            data,
+        verified = _image.verify_image(
+            inventory.repo.read(ref),
+            location=ref.location,
             trusted_signers=inventory.trusted,
             allow_debug=settings.allow_debug,
             expected_version=selected.version,
         )
-        if verification.ok:
+        verification = verified.verification
+        rejudged = policy.evaluate_one(
+            selected.version,
+            selected.release,
+            actions.image_facts_from_verified(verified),
+            view,
+            actions.policy_options(settings),
+        )
+        blocking = rejudged.without("same-as-running") if decision.reinstall else rejudged.reasons
+        if verification.ok and not blocking:
             report.note(
                 f"Verified {ref.location}: "
                 + ", ".join(c.name for c in verification.checks)
                 + f" — all {len(verification.checks)} checks pass"
             )
             break
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in verification.failed)
-        if settings.version is not None:
-            raise InvalidImage(f"{ref.location}: {failed}", check=verification.failed[0].name)
-        # The newest candidate's image is corrupt: say so and take the next eligible one.
-        report.note(f"{selected.version} rejected: {ref.location} failed verification ({failed})")
-        candidates = [
-            _mark_invalid(c, failed) if c.version == selected.version else c for c in candidates
-        ]
+        if not verification.ok:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in verification.failed)
+            if settings.version is not None:
+                raise InvalidImage(f"{ref.location}: {failed}", check=verification.failed[0].name)
+            # The newest candidate's image is corrupt: say so and take the next eligible one.
+            report.note(
+                f"{selected.version} rejected: {ref.location} failed verification ({failed})"
+            )
+            replacement = _mark_invalid(selected, failed)
+        else:
+            # The image read in full is not the image the listing judged (it changed between
+            # the reads): judge it as what it is now.
+            why = "; ".join(f"{r}: {rejudged.details.get(r, r)}" for r in blocking)
+            if settings.version is not None:
+                raise DataError(
+                    f"{ref.location} changed since it was listed and is not eligible now: {why}",
+                    code="not-eligible",
+                )
+            report.note(f"{selected.version} rejected: {ref.location} is not eligible now ({why})")
+            replacement = rejudged
+        candidates = [replacement if c.version == selected.version else c for c in candidates]
         report.doc["candidates"] = [actions.candidate_json(c) for c in candidates]
 
     assert facts.image_format is not None
-    image_sha256 = sha256(data).hexdigest()
+    image_sha256 = verified.sha256
     formats = [facts.image_format]
     if facts.image_format_fallback is not None and facts.image_format_auto:
         formats.append(facts.image_format_fallback)
@@ -199,8 +224,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             report,
             settings,
             facts,
-            data,
-            verification,
+            verified,
             formats,
             selected.version,
             view,
@@ -246,8 +270,7 @@ def _attempts(
     report: actions.Report,
     settings: Settings,
     facts: _host.HostFacts,
-    data: bytes,
-    verification: _image.Verification,
+    verified: _image.VerifiedImage,
     formats: list[int],
     target: Version,
     view: policy.HostView,
@@ -257,10 +280,10 @@ def _attempts(
 ) -> Attempt:
     """Send the image (and, on a header refusal, once more in the other format); record each."""
     for attempt_no, fmt in enumerate(formats, start=1):
-        payload = _image.convert(data, fmt)
-        if verification.info is not None and verification.info.format != fmt:
+        payload = verified.payload(fmt)
+        if verified.info.format != fmt:
             report.note(
-                f"Converted Format {_fmt_name(verification.info.format)} to Format "
+                f"Converted Format {_fmt_name(verified.info.format)} to Format "
                 f"{_fmt_name(fmt)} for this kernel ({len(payload)} bytes; sigstruct and module "
                 "unchanged)"
             )

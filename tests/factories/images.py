@@ -277,6 +277,19 @@ TAMPERS: dict[str, Tamper] = {
 # Images
 
 
+def default_seamsvn(v: Version) -> int:
+    """Intel's published SEAMSVN for ``v``, or (for versions Intel never published) one that
+    never goes below a published release before it in its stream, as real SEAMSVNs do."""
+    from tdxupdate.releases import intel_releases
+
+    table = intel_releases()
+    floor = table.seamsvn_floor(v)
+    own = table.get(v)
+    if own is not None:
+        return own.seamsvn
+    return max(floor or 0, (0x300 if v.major == 2 else v.major << 8) | (v.update & 0xFF))
+
+
 def make_image(
     version: str | Version = "1.5.06",
     fmt: int = FORMAT_B,
@@ -291,11 +304,11 @@ def make_image(
 ) -> bytes:
     """A signed image of ``version`` in format ``fmt`` (FORMAT_B by default).
 
-    ``seamsvn`` defaults to ``major << 8 | update``. ``version_in_sigstruct=False`` leaves the
-    version bytes at sigstruct offset 1000 zero, as the published 1.5.x blobs do. ``tamper`` is
-    a name from :data:`TAMPERS` or a function changing the image in place (return a new
-    bytearray to change its length); the checksum is fixed up afterwards unless the named
-    tamper says otherwise.
+    ``seamsvn`` defaults to :func:`default_seamsvn` (Intel's published value where there is
+    one). ``version_in_sigstruct=False`` leaves the version bytes at sigstruct offset 1000
+    zero, as the published 1.5.x blobs do. ``tamper`` is a name from :data:`TAMPERS` or a
+    function changing the image in place (return a new bytearray to change its length); the
+    checksum is fixed up afterwards unless the named tamper says otherwise.
     """
     v = Version.parse(version) if isinstance(version, str) else version
     key = key or test_key()
@@ -308,7 +321,7 @@ def make_image(
         version=v if version_in_sigstruct else None,
         module_type=DEBUG_BIT if debug else 0,
         date=date,
-        seamsvn=(v.major << 8 | v.update) if seamsvn is None else seamsvn,
+        seamsvn=default_seamsvn(v) if seamsvn is None else seamsvn,
     )
     image = bytearray(build(sigstruct, module, fmt))
     if tamper is None:
