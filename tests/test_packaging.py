@@ -119,3 +119,11 @@ def test_sdist_contains_everything_the_tests_need(tmp_path: Path) -> None:
         "tdxupdate/schemas/output.schema.json",
     ):
         assert needed in members, needed
+
+
+def test_debian_installs_the_contrib_units_themselves() -> None:
+    for name in ("tdxupdate.service", "tdxupdate.timer"):
+        unit = ROOT / "debian" / name
+        if not unit.exists():
+            pytest.skip("no debian/ directory in this tree")
+        assert unit.resolve() == (ROOT / "contrib" / "systemd" / name).resolve()
