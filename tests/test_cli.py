@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories.hosts import build_host_tree, fail_reads
+from factories.hosts import build_host_tree, fail_reads, read_as_root
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,7 +113,7 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
         if p.is_symlink():
             out[rel] = "->" + os.readlink(p)
         elif p.is_file():
-            out[rel] = p.read_bytes()
+            out[rel] = read_as_root(p)
     return out
 
 

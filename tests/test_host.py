@@ -14,10 +14,13 @@ import pytest
 from factories.hosts import (
     DEFAULT_OSRELEASE,
     build_host_tree,
+    copy_as_root,
     cpuinfo_text,
     fail_reads,
     host_paths,
+    read_as_root,
     signature_to_cpu,
+    write_as_root,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -266,7 +269,9 @@ def test_discover_upload_dir_prefers_the_class_path(
 def test_discover_upload_dir_class_path_wins_when_both_are_plain_dirs(tmp_path: Path) -> None:
     root = build_host_tree(tmp_path / "host", firmware="device")
     shutil.copytree(
-        at(root, f"{T}/firmware/tdx_module"), at(root, "/sys/class/firmware/tdx_module")
+        at(root, f"{T}/firmware/tdx_module"),
+        at(root, "/sys/class/firmware/tdx_module"),
+        copy_function=copy_as_root,
     )
     assert discover(Sysroot(root)).upload_dir == at(root, "/sys/class/firmware/tdx_module")
 
@@ -588,6 +593,8 @@ def _checks_as_nobody(root: Path) -> dict[str, list[object]]:
 
 def test_discover_as_unprivileged_user_gets_real_eacces_on_0400_attributes() -> None:
     """No monkeypatch: an unprivileged process reads the G3 0400 P-SEAMLDR attributes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another uid (the files' owner reads mode 0400)")
     base = Path(tempfile.mkdtemp(prefix="tdxupdate-host-"))
     try:
         base.chmod(0o755)
@@ -940,7 +947,7 @@ def _tree(root: Path) -> dict[str, str | bytes]:
         if p.is_symlink():
             out[rel] = "-> " + os.readlink(p)
         elif p.is_file():
-            out[rel] = p.read_bytes()
+            out[rel] = read_as_root(p)
     return out
 
 
@@ -1006,14 +1013,14 @@ def test_discover_random_bytes_in_sysfs_files_never_raise(
     chosen = data.draw(
         st.dictionaries(st.sampled_from(files), st.binary(max_size=64), min_size=1), label="files"
     )
-    saved = {p: at(root, p).read_bytes() for p in chosen}
+    saved = {p: read_as_root(at(root, p)) for p in chosen}
     try:
         for p, content in chosen.items():
-            at(root, p).write_bytes(content)
+            write_as_root(at(root, p), content)
         facts = discover(Sysroot(root))
     finally:
         for p, content in saved.items():
-            at(root, p).write_bytes(content)
+            write_as_root(at(root, p), content)
 
     assert [c.name for c in facts.checks] == list(CHECK_NAMES)
     for c in facts.checks:

@@ -28,7 +28,7 @@ from tdxupdate.sim.config import SimConfig
 #: the FUSE device; a module attribute so tests can point it elsewhere
 DEV_FUSE = Path("/dev/fuse")
 
-HOW_TO_GET_FUSE = "apt-get install fuse3 and pip install 'tdxupdate[sim]'"
+HOW_TO_GET_FUSE = "apt-get install fuse3 and pip install mfusepy (into tdxupdate's environment)"
 
 
 def fuse_problem() -> str | None:
@@ -43,7 +43,10 @@ def fuse_problem() -> str | None:
     if ctypes.util.find_library("fuse3") is None and ctypes.util.find_library("fuse") is None:
         return "libfuse is not installed: apt-get install fuse3"
     if importlib.util.find_spec("mfusepy") is None:
-        return "the Python package mfusepy is not installed: pip install 'tdxupdate[sim]'"
+        return (
+            "the Python package mfusepy is not installed (Debian 12 does not package it): "
+            "pip install mfusepy into the Python environment tdxupdate runs in"
+        )
     if fusermount() is None:
         return "fusermount3 is not installed: apt-get install fuse3"
     return None

@@ -302,3 +302,36 @@ __all__ = [
     "host_paths",
     "signature_to_cpu",
 ]
+
+
+# --- reading and writing the tree as root would, from an unprivileged test run -------------
+# Debian builds (and runs these tests) as an unprivileged user; the trees carry the kernel's
+# modes (0200 "cancel", 0400 P-SEAMLDR attributes), which root ignores and the owner does not.
+
+
+def _with_owner_access(path: Path, action: Any) -> Any:
+    if os.geteuid() == 0 or os.access(path, os.R_OK | os.W_OK):
+        return action()
+    mode = path.stat().st_mode & 0o7777
+    path.chmod(mode | 0o600)
+    try:
+        return action()
+    finally:
+        path.chmod(mode)
+
+
+def read_as_root(path: Path) -> bytes:
+    """``path.read_bytes()`` whatever its mode (the owner may lend itself read access)."""
+    return bytes(_with_owner_access(path, path.read_bytes))
+
+
+def write_as_root(path: Path, data: bytes) -> None:
+    """``path.write_bytes(data)`` whatever its mode, keeping the mode."""
+    _with_owner_access(path, lambda: path.write_bytes(data))
+
+
+def copy_as_root(src: str, dst: str) -> str:
+    """A ``shutil.copytree`` copy function that copies files of any mode, keeping the mode."""
+    Path(dst).write_bytes(read_as_root(Path(src)))
+    shutil.copymode(src, dst)
+    return dst

@@ -10,8 +10,9 @@ Import the fixtures into ``tests/conftest.py``::
   test's ``tmp_path``; every host is unmounted when the test ends, and the test fails if a mount
   is left behind.
 
-Without FUSE these fail with a line naming what is missing; ``TDXUPDATE_ALLOW_NO_FUSE=1`` turns
-that into a skip (for machines without /dev/fuse; CI has it).
+Without FUSE (a build chroot, a container without /dev/fuse, no mfusepy) these skip with a line
+naming what is missing; ``TDXUPDATE_REQUIRE_FUSE=1`` turns that into a failure (CI has FUSE and
+sets it, so the emulator tests can never be skipped there unnoticed).
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ from tdxupdate.sim.mount import fuse_problem, is_mounted
 from tdxupdate.sim.repo import KEY_FILE, SampleRepo, ensure_sample_repo
 from tdxupdate.sim.session import SimHost, simulated_host
 
-ALLOW_NO_FUSE = "TDXUPDATE_ALLOW_NO_FUSE"
+REQUIRE_FUSE = "TDXUPDATE_REQUIRE_FUSE"
 
 _counter = itertools.count(1)
 
 
 def require_fuse() -> None:
-    """Fail (or, with TDXUPDATE_ALLOW_NO_FUSE=1, skip) when FUSE cannot be used."""
+    """Skip (or, with TDXUPDATE_REQUIRE_FUSE=1, fail) when FUSE cannot be used."""
     problem = fuse_problem()
     if problem is None:
         return
-    message = f"FUSE is unavailable: {problem} (set {ALLOW_NO_FUSE}=1 to skip instead)"
-    if os.environ.get(ALLOW_NO_FUSE) == "1":
-        pytest.skip(message)
-    pytest.fail(message, pytrace=False)
+    message = f"FUSE is unavailable: {problem}"
+    if os.environ.get(REQUIRE_FUSE) == "1":
+        pytest.fail(f"{message} ({REQUIRE_FUSE}=1)", pytrace=False)
+    pytest.skip(message)
 
 
 def seed_key(cache_dir: Path) -> None:
