@@ -241,3 +241,28 @@ def test_try_again_later_is_retried_and_the_rollout_continues(fleet_factory: Any
     assert "device-busy" in run.output
     for name in fleet.hosts:
         assert fleet.version(name) == NEWEST
+
+
+def test_fleet_report_has_every_host_and_the_reference_values(fleet_factory: Any) -> None:
+    fleet = fleet_factory({"h8": {"module": "1.5.08"}})
+    out = fleet.record.parent / "report"
+    fleet.play("fleet_report", "-e", f"tdxupdate_report_dir={out}")
+    report = json.loads((out / "fleet-report.json").read_text())
+    assert report["hosts"] == FLEET
+    rows = {row["host"]: row for row in report["rows"]}
+    assert rows["h1"]["module_version"] == "1.5.06"
+    assert rows["h8"]["module_version"] == "1.5.08"
+    assert all(row["target_version"] == NEWEST for row in rows.values())
+    assert all(row["module_lost"] is False for row in rows.values())
+    after = [ref["version"] for ref in report["reference_values"]["after_rollout"]]
+    assert after == [NEWEST]
+    during = {ref["version"] for ref in report["reference_values"]["during_rollout"]}
+    assert during == {"1.5.06", "1.5.08", NEWEST}
+    csv_lines = (out / "fleet-report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("host,module_version,seamsvn,mrseam")
+    assert len(csv_lines) == FLEET + 1
+    markdown = (out / "fleet-report.md").read_text()
+    assert "| h8 | 1.5.08 |" in markdown
+    assert "Module lost on: none" in markdown
+    for name in fleet.hosts:
+        assert fleet.writes(name) == 0
