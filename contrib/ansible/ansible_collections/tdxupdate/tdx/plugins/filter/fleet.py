@@ -11,7 +11,7 @@ name: tdx_fleet_report
 short_description: Build the fleet report from every host's tdxupdate fact
 version_added: "0.1.0"
 author:
-  - tdxupdate developers
+  - tdxupdate developers (@tdxupdate)
 description:
   - Takes a dict of host name to the C(tdxupdate) fact (from tdx_module_facts with plan=true) and
     returns rows, the union of reference values now and after the rollout, and the fleet minimum

@@ -21,7 +21,7 @@ description:
   - Never changes anything; check mode behaves the same.
 version_added: "0.1.0"
 author:
-  - tdxupdate developers
+  - tdxupdate developers (@tdxupdate)
 options:
   executable:
     description: The tdxupdate program on the managed host.

@@ -22,11 +22,12 @@ description:
     where the installed tdxupdate does not report them).
   - A lost module (the update failed after the old module was shut down) fails with a message of
     its own and C(fatal=true); every TD on that host is gone and it needs a reboot.
-  - Exit code 75 (try again later) is returned as C(rc) so C(until: result.rc != 75) retries; the
-    module can also retry it itself with back-off (O(busy_retries)).
+  - Exit code 75 (try again later) is returned as C(rc), so an C(until) of
+    C(result.rc != 75) retries; the module can also retry it itself with back-off
+    (O(busy_retries)).
 version_added: "0.1.0"
 author:
-  - tdxupdate developers
+  - tdxupdate developers (@tdxupdate)
 options:
   executable:
     description: The tdxupdate program on the managed host.
