@@ -266,3 +266,21 @@ def test_fleet_report_has_every_host_and_the_reference_values(fleet_factory: Any
     assert "Module lost on: none" in markdown
     for name in fleet.hosts:
         assert fleet.writes(name) == 0
+
+
+def test_lost_module_on_the_canary_fails_distinctly_and_touches_no_other_host(
+    fleet_factory: Any,
+) -> None:
+    fleet = fleet_factory({"h1": {"faults": ["transferring:hw-error:fatal"]}})
+    run = fleet.play("rolling_update", *rollout_args(fleet), check=False)
+    assert run.rc != 0
+    assert "ROLLOUT STOPPED at h1 (MODULE LOST - reboot this host)" in run.output
+    assert "TDX MODULE LOST on this host (fatal)" in run.output
+    record = json.loads(fleet.record.read_text())
+    assert record["stopped_at"] == "h1"
+    for i in range(2, FLEET + 1):
+        assert fleet.writes(f"h{i}") == 0
+    out = fleet.record.parent / "report"
+    fleet.play("fleet_report", "-e", f"tdxupdate_report_dir={out}")
+    report = json.loads((out / "fleet-report.json").read_text())
+    assert report["module_lost"] == ["h1"]
