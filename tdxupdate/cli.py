@@ -36,6 +36,27 @@ def _version_arg(value: str) -> Version:
         raise UsageError(f"--update: {exc}") from exc
 
 
+class _Seconds(click.ParamType):
+    """A finite number of seconds > 0.
+
+    click's FloatRange lets ``nan`` and ``inf`` through (every comparison with nan is false),
+    and either would make the wait for the kernel endless.
+    """
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
 def _cpu_arg(value: str) -> int:
     from tdxupdate.host import parse_cpu_signature
 
@@ -132,11 +153,11 @@ def _cpu_arg(value: str) -> int:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.001),
+    type=_Seconds(),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
-    help="Longest wait for the kernel to finish an update.",
+    help="Longest wait for the kernel to finish an update (a finite number > 0).",
 )
 @click.option(
     "--state-dir",
