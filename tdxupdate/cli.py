@@ -36,7 +36,7 @@ def _version_arg(value: str) -> Version:
         raise UsageError(f"--update: {exc}") from exc
 
 
-class _Seconds(click.ParamType):
+class _Seconds(click.ParamType):  # type: ignore[type-arg]
     """A finite number of seconds > 0.
 
     click's FloatRange lets ``nan`` and ``inf`` through (every comparison with nan is false),
@@ -45,7 +45,9 @@ class _Seconds(click.ParamType):
 
     name = "seconds"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         import math
 
         try:

@@ -60,6 +60,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 from tdxupdate import __version__
 from tdxupdate import catalog as _catalog
 from tdxupdate import image as _image
+from tdxupdate import log as _log
 from tdxupdate.cache import Cache, Entry, Staged, sha256_hex
 from tdxupdate.errors import IOFailure, NotFound, UsageError
 from tdxupdate.sources import ImageRef, LocalRepository, blob_relpath, local_path
@@ -147,6 +148,9 @@ class NetworkFailure(Exception):
     """One failed attempt: ``cause`` is the half-sentence shown after the URL."""
 
     def __init__(self, cause: str, *, retryable: bool, retry_after: float | None = None):
+        # Causes quote what the server or the network stack said: made printable here, once,
+        # so no caller can put a server's text on the terminal or into the log unescaped.
+        cause = _log.remote_text(cause, limit=500)
         super().__init__(cause)
         self.cause = cause
         self.retryable = retryable
@@ -187,7 +191,7 @@ Progress = Callable[[int, int | None], None]
 
 def _reason(status: int, given: str | None) -> str:
     if given:
-        return given
+        return _log.remote_text(given, limit=80)
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
