@@ -129,7 +129,12 @@ def _location(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _Bad(f"expected a directory or an http(s)/file URL, got {_show(value)}")
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
-        if urlparse(value).scheme.lower() not in _URL_SCHEMES:
+        try:
+            parts = urlparse(value)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:  # "https://[::1/x": a configuration error, not an internal one
+            raise _Bad(f"malformed URL {_show(value)} ({exc})") from None
+        if parts.scheme.lower() not in _URL_SCHEMES:
             raise _Bad(f"expected a directory or an http(s)/file URL, got {_show(value)}")
         return value
     if not value.startswith("/"):

@@ -109,7 +109,12 @@ def user_agent() -> str:
 
 def redact(url: str) -> str:
     """``url`` without a password, for messages and cache keys (never written to disk)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL at all (a malformed IPv6 literal): nothing to redact
+        return url
     if parts.password is None:
         return url
     host = parts.hostname or ""
@@ -120,7 +125,13 @@ def redact(url: str) -> str:
 
 
 def _web_url(text: str, option: str) -> str:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        # urllib raises ValueError for "https://[::1/x" or "https://h:99999/": a usage error
+        # like any other URL that cannot be used, never an internal one.
+        raise UsageError(f"{option} {text}: malformed URL ({exc})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise UsageError(
             f"{option} {redact(text)}: unsupported URL (use https://…, http://… with "

@@ -424,3 +424,11 @@ def test_layer_options_accepts_source_names_as_strings() -> None:
         {"repo": "/file", "timeout": 9.0},
     )
     assert merged == {"repo": "/cli", "timeout": 9.0}
+
+
+@pytest.mark.parametrize("url", ["https://[::1/tdx", "https://[::1]:99999/tdx", "http://h:port/"])
+def test_a_malformed_url_is_a_configuration_error_not_an_internal_one(
+    tmp_path: Path, url: str
+) -> None:
+    _, err = error_of(tmp_path, f'repo = "{url}"\n')
+    assert err.exit_code == 78 and "malformed URL" in err.message

@@ -1344,3 +1344,11 @@ def test_a_forged_reason_phrase_is_escaped_in_the_error_and_the_log(
     out = stream.getvalue()
     assert out.count("\n") == 1 and out.startswith("tdxupdate: ")
     assert "\x1b" not in out and "\r" not in out and "\x85" not in out and "\x9b" not in out
+
+
+@pytest.mark.parametrize("url", ["https://[::1/tdx/", "https://[::1]:99999/tdx/"])
+def test_a_malformed_url_is_a_usage_error(cache_dir: Path, tuning: Tuning, url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        open_mirror(url, None, cache_dir, tuning)
+    assert caught.value.exit_code == 64
+    assert caught.value.message.startswith(f"--repo {url}: malformed URL (")
