@@ -19,9 +19,10 @@ absent.
 
 Some settings are deliberately not accepted from a file because a stale value there would act on
 every later run without anyone typing it: ``cpu_signature`` (a wrong CPU selects a module this
-CPU cannot run, which kills every TD), ``sysroot`` (a test fixture), ``allow_reinstall``
-(spends one of the host's limited updates) and the per-run switches (action, ``dry_run``,
-``json``).
+CPU cannot run, which kills every TD), ``allow_debug`` (a file never widens trust: a
+debug-signed module installed by a cron run loses the module), ``sysroot`` (a test
+fixture), ``allow_reinstall`` (spends one of the host's limited updates) and the per-run
+switches (action, ``dry_run``, ``json``).
 """
 
 from __future__ import annotations
@@ -173,7 +174,6 @@ KEYS: dict[str, Callable[[object], object]] = {
     "state_dir": _abs_path,
     "cache_dir": _abs_path,
     "image_format": _image_format,
-    "allow_debug": _boolean,
     "strict_compat": _boolean,
     "offline": _boolean,
     "allow_insecure_http": _boolean,
@@ -191,6 +191,11 @@ REFUSED: dict[str, str] = {
     "allow_reinstall": (
         "cannot be set in a configuration file: a reinstall spends one of the host's limited "
         "updates; use --allow-reinstall with --update VERSION"
+    ),
+    "allow_debug": (
+        "cannot be set in a configuration file: a file never widens what is trusted, and a "
+        "debug-signed module on a production platform loses the module; use --allow-debug "
+        "for one run"
     ),
     "dry_run": "cannot be set in a configuration file; use --dry-run",
     "json": "cannot be set in a configuration file; use --json",
