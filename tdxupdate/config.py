@@ -290,14 +290,24 @@ def parse_config(text: str, path: Path) -> dict[str, object]:
     return values
 
 
+#: A configuration file is a few dozen short lines; anything this large is not one.
+MAX_CONFIG_SIZE = 64 * 1024
+
+
 def load_config(path: Path, *, required: bool) -> dict[str, object]:
     """Read and validate ``path``; ``{}`` when it is absent and not ``required``.
 
     Raises :class:`ConfigError` (``config-invalid``, 78) for bad content, ``config-not-found``
     (66) when a required file is missing, and the usual permission/I/O errors otherwise.
     """
+    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
+
     try:
-        data = path.read_bytes()
+        data, st = read_capped(path, MAX_CONFIG_SIZE)
+    except TooLarge:
+        raise ConfigError(
+            [ConfigProblem(path, None, None, f"larger than {MAX_CONFIG_SIZE // 1024} KiB")]
+        ) from None
     except FileNotFoundError as exc:
         if not required:
             return {}
@@ -310,6 +320,9 @@ def load_config(path: Path, *, required: bool) -> dict[str, object]:
         ) from None
     except OSError as exc:
         raise from_oserror(exc, str(path)) from exc
+    why = unsafe(st)
+    if why is not None:
+        raise ConfigError([ConfigProblem(path, None, None, f"refused: {why}")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
