@@ -214,7 +214,10 @@ def _cpu_arg(value: str) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
-    help="PEM CA certificates to verify the mirror's TLS certificate (an internal CA).",
+    help=(
+        "PEM CA certificates to verify the mirror's TLS certificate (an internal CA); "
+        "replaces the system's store, as REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE do."
+    ),
 )
 @click.option(
     "--allow-insecure-http",

@@ -362,6 +362,7 @@ class HttpClient:
         self.tuning = tuning
         self.allow_insecure_http = allow_insecure_http
         self.verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
+        announce_trust_store(ca_bundle)
         session = requests.Session()
         # trust_env (the default) takes HTTPS_PROXY/NO_PROXY from the environment.
         session.headers["User-Agent"] = user_agent()
@@ -924,6 +925,30 @@ class RemoteRepository:
 
 # ---------------------------------------------------------------------------------------------
 # Opening
+
+
+def trust_store(ca_bundle: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where TLS certificates are verified from when that is not the system's store.
+
+    ``--ca-bundle`` replaces the system store (an internal mirror's CA only). Without it,
+    requests honours ``REQUESTS_CA_BUNDLE`` and then ``CURL_CA_BUNDLE``, which also replace it.
+    None means the system's store.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    if ca_bundle is not None:
+        return f"--ca-bundle {ca_bundle}"
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if env.get(name):
+            return f"{name}={_log.remote_text(env[name])}"
+    return None
+
+
+def announce_trust_store(ca_bundle: Path | None) -> None:
+    store = trust_store(ca_bundle)
+    if store is not None:
+        _log.notice(f"TLS certificates are verified against {store} only, not the system's store")
 
 
 def _check_ca_bundle(path: Path) -> None:

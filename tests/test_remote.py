@@ -1352,3 +1352,11 @@ def test_a_malformed_url_is_a_usage_error(cache_dir: Path, tuning: Tuning, url: 
         open_mirror(url, None, cache_dir, tuning)
     assert caught.value.exit_code == 64
     assert caught.value.message.startswith(f"--repo {url}: malformed URL (")
+
+
+def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
+    assert remote.trust_store(None, {}) is None
+    assert remote.trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
+    assert remote.trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
+    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
+    assert remote.trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
