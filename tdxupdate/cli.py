@@ -36,6 +36,29 @@ def _version_arg(value: str) -> Version:
         raise UsageError(f"--update: {exc}") from exc
 
 
+class _Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A finite number of seconds > 0.
+
+    click's FloatRange lets ``nan`` and ``inf`` through (every comparison with nan is false),
+    and either would make the wait for the kernel endless.
+    """
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
 def _cpu_arg(value: str) -> int:
     from tdxupdate.host import parse_cpu_signature
 
@@ -132,11 +155,11 @@ def _cpu_arg(value: str) -> int:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.001),
+    type=_Seconds(),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
-    help="Longest wait for the kernel to finish an update.",
+    help="Longest wait for the kernel to finish an update (a finite number > 0).",
 )
 @click.option(
     "--state-dir",
@@ -191,7 +214,10 @@ def _cpu_arg(value: str) -> int:
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
-    help="PEM CA certificates to verify the mirror's TLS certificate (an internal CA).",
+    help=(
+        "PEM CA certificates to verify the mirror's TLS certificate (an internal CA); "
+        "replaces the system's store, as REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE do."
+    ),
 )
 @click.option(
     "--allow-insecure-http",

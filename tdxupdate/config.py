@@ -19,9 +19,10 @@ absent.
 
 Some settings are deliberately not accepted from a file because a stale value there would act on
 every later run without anyone typing it: ``cpu_signature`` (a wrong CPU selects a module this
-CPU cannot run, which kills every TD), ``sysroot`` (a test fixture), ``allow_reinstall``
-(spends one of the host's limited updates) and the per-run switches (action, ``dry_run``,
-``json``).
+CPU cannot run, which kills every TD), ``allow_debug`` (a file never widens trust: a
+debug-signed module installed by a cron run loses the module), ``sysroot`` (a test
+fixture), ``allow_reinstall`` (spends one of the host's limited updates) and the per-run
+switches (action, ``dry_run``, ``json``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,12 @@ def _location(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _Bad(f"expected a directory or an http(s)/file URL, got {_show(value)}")
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
-        if urlparse(value).scheme.lower() not in _URL_SCHEMES:
+        try:
+            parts = urlparse(value)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:  # "https://[::1/x": a configuration error, not an internal one
+            raise _Bad(f"malformed URL {_show(value)} ({exc})") from None
+        if parts.scheme.lower() not in _URL_SCHEMES:
             raise _Bad(f"expected a directory or an http(s)/file URL, got {_show(value)}")
         return value
     if not value.startswith("/"):
@@ -168,7 +174,6 @@ KEYS: dict[str, Callable[[object], object]] = {
     "state_dir": _abs_path,
     "cache_dir": _abs_path,
     "image_format": _image_format,
-    "allow_debug": _boolean,
     "strict_compat": _boolean,
     "offline": _boolean,
     "allow_insecure_http": _boolean,
@@ -186,6 +191,11 @@ REFUSED: dict[str, str] = {
     "allow_reinstall": (
         "cannot be set in a configuration file: a reinstall spends one of the host's limited "
         "updates; use --allow-reinstall with --update VERSION"
+    ),
+    "allow_debug": (
+        "cannot be set in a configuration file: a file never widens what is trusted, and a "
+        "debug-signed module on a production platform loses the module; use --allow-debug "
+        "for one run"
     ),
     "dry_run": "cannot be set in a configuration file; use --dry-run",
     "json": "cannot be set in a configuration file; use --json",
@@ -280,14 +290,24 @@ def parse_config(text: str, path: Path) -> dict[str, object]:
     return values
 
 
+#: A configuration file is a few dozen short lines; anything this large is not one.
+MAX_CONFIG_SIZE = 64 * 1024
+
+
 def load_config(path: Path, *, required: bool) -> dict[str, object]:
     """Read and validate ``path``; ``{}`` when it is absent and not ``required``.
 
     Raises :class:`ConfigError` (``config-invalid``, 78) for bad content, ``config-not-found``
     (66) when a required file is missing, and the usual permission/I/O errors otherwise.
     """
+    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
+
     try:
-        data = path.read_bytes()
+        data, st = read_capped(path, MAX_CONFIG_SIZE)
+    except TooLarge:
+        raise ConfigError(
+            [ConfigProblem(path, None, None, f"larger than {MAX_CONFIG_SIZE // 1024} KiB")]
+        ) from None
     except FileNotFoundError as exc:
         if not required:
             return {}
@@ -300,6 +320,9 @@ def load_config(path: Path, *, required: bool) -> dict[str, object]:
         ) from None
     except OSError as exc:
         raise from_oserror(exc, str(path)) from exc
+    why = unsafe(st)
+    if why is not None:
+        raise ConfigError([ConfigProblem(path, None, None, f"refused: {why}")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -32,9 +32,21 @@ def parse_trusted_keys(text: str, source: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+#: A trusted-keys file holds fingerprints of 64 hex digits and comments; 1 MiB is thousands.
+MAX_TRUSTED_KEYS_SIZE = 1024 * 1024
+
+
 def load_trusted_keys(path: Path) -> frozenset[str]:
+    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
+
     try:
-        data = path.read_bytes()
+        data, st = read_capped(path, MAX_TRUSTED_KEYS_SIZE)
+    except TooLarge:
+        raise DataError(
+            f"{path}: larger than {MAX_TRUSTED_KEYS_SIZE // (1024 * 1024)} MiB, "
+            "not a trusted keys file",
+            code="trusted-keys-invalid",
+        ) from None
     except FileNotFoundError as exc:
         raise NotFound(
             f"{path}: trusted keys file does not exist", code="trusted-keys-not-found"
@@ -45,6 +57,9 @@ def load_trusted_keys(path: Path) -> frozenset[str]:
         ) from exc
     except OSError as exc:
         raise from_oserror(exc, str(path)) from exc
+    why = unsafe(st)
+    if why is not None:
+        raise DataError(f"{path}: refused: {why}", code="trusted-keys-invalid")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

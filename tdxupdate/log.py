@@ -130,7 +130,7 @@ class Formatter(logging.Formatter):
         if record.stack_info:
             text = f"{text}\n{self.formatStack(record.stack_info)}"
         tag = self._tag(record.levelno)
-        lines = text.splitlines() or [""]
+        lines = [_defang(line) for line in text.split("\n")] or [""]
         if self.journal:
             prefix = f"<{priority(record.levelno)}>{tag}"
             return "\n".join(prefix + line for line in lines)
@@ -147,6 +147,48 @@ class Formatter(logging.Formatter):
         else:
             head = f"{self.prog}: {tag}"
         return "\n".join(head + line for line in lines)
+
+
+#: The longest piece of remote text that is shown; the rest is cut and marked.
+REMOTE_TEXT_LIMIT = 200
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _printable(ch: str) -> bool:
+    # str.isprintable() is false for every control character (C0, DEL, C1), line and
+    # paragraph separators and format characters such as bidi overrides; a plain space is kept.
+    return ch == " " or ch.isprintable()
+
+
+def remote_text(value: object, limit: int = REMOTE_TEXT_LIMIT) -> str:
+    """Text a remote party chose (an HTTP reason phrase, a header, a body, a server's error),
+    made safe to print on a terminal or write into a log line.
+
+    Every character that is not printable (newlines, carriage returns, escape sequences,
+    bidi overrides) is shown as a Python-style escape, so a server can neither start a line
+    of its own (a forged ``update: ... result=success`` summary) nor send terminal control
+    sequences; the result is cut at ``limit`` characters. All remote text passes through
+    this one function before it reaches a message.
+    """
+    text = value if isinstance(value, str) else str(value)
+    out = "".join(ch if _printable(ch) else _escape_char(ch) for ch in text)
+    if len(out) > limit:
+        out = out[:limit] + "..."
+    return out
+
+
+def _defang(line: str) -> str:
+    # Last line of defence: whatever reaches the terminal or the journal carries no control
+    # character other than the ones this module adds itself (colour, added after this).
+    return "".join(ch if ch == "\t" or _printable(ch) else _escape_char(ch) for ch in line)
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -60,6 +60,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 from tdxupdate import __version__
 from tdxupdate import catalog as _catalog
 from tdxupdate import image as _image
+from tdxupdate import log as _log
 from tdxupdate.cache import Cache, Entry, Staged, sha256_hex
 from tdxupdate.errors import IOFailure, NotFound, UsageError
 from tdxupdate.sources import ImageRef, LocalRepository, blob_relpath, local_path
@@ -108,7 +109,12 @@ def user_agent() -> str:
 
 def redact(url: str) -> str:
     """``url`` without a password, for messages and cache keys (never written to disk)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL at all (a malformed IPv6 literal): nothing to redact
+        return url
     if parts.password is None:
         return url
     host = parts.hostname or ""
@@ -119,7 +125,13 @@ def redact(url: str) -> str:
 
 
 def _web_url(text: str, option: str) -> str:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        # urllib raises ValueError for "https://[::1/x" or "https://h:99999/": a usage error
+        # like any other URL that cannot be used, never an internal one.
+        raise UsageError(f"{option} {text}: malformed URL ({exc})") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise UsageError(
             f"{option} {redact(text)}: unsupported URL (use https://…, http://… with "
@@ -147,6 +159,9 @@ class NetworkFailure(Exception):
     """One failed attempt: ``cause`` is the half-sentence shown after the URL."""
 
     def __init__(self, cause: str, *, retryable: bool, retry_after: float | None = None):
+        # Causes quote what the server or the network stack said: made printable here, once,
+        # so no caller can put a server's text on the terminal or into the log unescaped.
+        cause = _log.remote_text(cause, limit=500)
         super().__init__(cause)
         self.cause = cause
         self.retryable = retryable
@@ -187,7 +202,7 @@ Progress = Callable[[int, int | None], None]
 
 def _reason(status: int, given: str | None) -> str:
     if given:
-        return given
+        return _log.remote_text(given, limit=80)
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -347,6 +362,7 @@ class HttpClient:
         self.tuning = tuning
         self.allow_insecure_http = allow_insecure_http
         self.verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
+        announce_trust_store(ca_bundle)
         session = requests.Session()
         # trust_env (the default) takes HTTPS_PROXY/NO_PROXY from the environment.
         session.headers["User-Agent"] = user_agent()
@@ -909,6 +925,30 @@ class RemoteRepository:
 
 # ---------------------------------------------------------------------------------------------
 # Opening
+
+
+def trust_store(ca_bundle: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where TLS certificates are verified from when that is not the system's store.
+
+    ``--ca-bundle`` replaces the system store (an internal mirror's CA only). Without it,
+    requests honours ``REQUESTS_CA_BUNDLE`` and then ``CURL_CA_BUNDLE``, which also replace it.
+    None means the system's store.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    if ca_bundle is not None:
+        return f"--ca-bundle {ca_bundle}"
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if env.get(name):
+            return f"{name}={_log.remote_text(env[name])}"
+    return None
+
+
+def announce_trust_store(ca_bundle: Path | None) -> None:
+    store = trust_store(ca_bundle)
+    if store is not None:
+        _log.notice(f"TLS certificates are verified against {store} only, not the system's store")
 
 
 def _check_ca_bundle(path: Path) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from tdxupdate import catalog as _catalog
 from tdxupdate import image as _image
-from tdxupdate.errors import NotFound, from_oserror
+from tdxupdate.errors import NotFound, UsageError, from_oserror
 from tdxupdate.versions import Version
 
 _BLOB_RE = re.compile(r"^tdx_module_(\d+\.\d+\.\d+)\.blob$")
@@ -114,7 +114,12 @@ def local_path(text: str) -> Path | None:
     """``file://`` URLs and plain paths as a Path; None for other URLs."""
     if not is_url(text):
         return Path(text)
-    parsed = urlparse(text)
+    try:
+        parsed = urlparse(text)
+    except ValueError as exc:  # "file://[::1/x" or "https://[::1/x"
+        if text.split(":", 1)[0].lower() == "file":
+            raise UsageError(f"{text}: malformed URL ({exc})") from None
+        return None  # a web URL: reported, with its option, where it is opened
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     return None

@@ -668,6 +668,11 @@ def test_garbage_version_file_gives_one_line(
         (["--cpu-signature", "zz"], None),
         (["--no-such-option"], None),
         (["--timeout", "-1"], None),
+        (["--timeout", "0"], None),
+        (["--timeout", "nan"], None),
+        (["--timeout", "inf"], None),
+        (["--timeout", "-inf"], None),
+        (["--timeout", "soon"], None),
         (["--image-format", "0x300"], None),
     ],
 )

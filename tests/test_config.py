@@ -45,7 +45,6 @@ def test_load_config_every_key_returns_settings_values(tmp_path: Path) -> None:
         state_dir = "/srv/state"
         cache_dir = "/srv/cache"
         image_format = "0x200"
-        allow_debug = true
         strict_compat = true
         offline = false
         allow_insecure_http = false
@@ -61,7 +60,6 @@ def test_load_config_every_key_returns_settings_values(tmp_path: Path) -> None:
         "state_dir": Path("/srv/state"),
         "cache_dir": Path("/srv/cache"),
         "image_format": "0x200",
-        "allow_debug": True,
         "strict_compat": True,
         "offline": False,
         "allow_insecure_http": False,
@@ -165,7 +163,7 @@ def test_unknown_key_names_line_and_suggests(tmp_path: Path) -> None:
         ("state-dir", "state_dir"),
         ("repository", "repo"),
         ("trusted_key", "trusted_keys"),
-        ("allow_debg", "allow_debug"),
+        ("strict_comapt", "strict_compat"),
     ],
 )
 def test_unknown_key_suggestions(tmp_path: Path, key: str, hint: str) -> None:
@@ -192,7 +190,7 @@ def test_quoted_key_is_found_on_its_line(tmp_path: Path) -> None:
         ("timeout = true", "timeout: expected a number of seconds > 0, got true"),
         ("timeout = inf", "timeout: expected a number of seconds > 0, got inf"),
         ("timeout = nan", "timeout: expected a number of seconds > 0, got nan"),
-        ('allow_debug = "yes"', 'allow_debug: expected true or false, got "yes"'),
+        ('strict_compat = "yes"', 'strict_compat: expected true or false, got "yes"'),
         ("offline = 1", "offline: expected true or false, got 1"),
         (
             'image_format = "b"',
@@ -369,7 +367,7 @@ FILE_VALUES: dict[str, object] = {
     "timeout": 600.0,
     "state_dir": Path("/srv/state-from-file"),
     "trusted_keys": (Path("/etc/from-file.txt"),),
-    "allow_debug": True,
+    "strict_compat": True,
 }
 
 
@@ -384,7 +382,7 @@ def test_layer_options_file_fills_in_for_click_defaults(
     assert merged["timeout"] == 600.0
     assert merged["state_dir"] == Path("/srv/state-from-file")
     assert merged["trusted_keys"] == (Path("/etc/from-file.txt"),)
-    assert merged["allow_debug"] is True
+    assert merged["strict_compat"] is True
     # untouched by the file: click's own values
     assert merged["a_list"] is True
     assert merged["image_format"] == "auto"
@@ -424,3 +422,20 @@ def test_layer_options_accepts_source_names_as_strings() -> None:
         {"repo": "/file", "timeout": 9.0},
     )
     assert merged == {"repo": "/cli", "timeout": 9.0}
+
+
+@pytest.mark.parametrize("url", ["https://[::1/tdx", "https://[::1]:99999/tdx", "http://h:port/"])
+def test_a_malformed_url_is_a_configuration_error_not_an_internal_one(
+    tmp_path: Path, url: str
+) -> None:
+    _, err = error_of(tmp_path, f'repo = "{url}"\n')
+    assert err.exit_code == 78 and "malformed URL" in err.message
+
+
+def test_allow_debug_in_a_file_is_refused_because_a_file_never_widens_trust(
+    tmp_path: Path,
+) -> None:
+    path, err = error_of(tmp_path, "allow_debug = true\n")
+    assert err.exit_code == 78
+    assert err.message.startswith(f"{path}:1: 'allow_debug' cannot be set in a configuration file")
+    assert "--allow-debug" in err.message

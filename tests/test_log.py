@@ -298,3 +298,22 @@ def test_update_summary_is_logged_at_notice() -> None:
     quiet = io.StringIO()
     log.log_update_summary(update_doc(changed=True), log.setup(-1, stream=quiet, environ={}))
     assert quiet.getvalue() == ""
+
+
+def test_remote_text_escapes_every_unprintable_character_and_is_bounded() -> None:
+    from tdxupdate.log import remote_text
+
+    assert remote_text("Not Found") == "Not Found"
+    assert remote_text("a\nb\rc\x1b[31md\x85e\u202ef\x00") == (
+        "a\\x0ab\\x0dc\\x1b[31md\\x85e\\u202ef\\x00"
+    )
+    assert remote_text("x" * 500, limit=10) == "x" * 10 + "..."
+
+
+def test_the_formatter_never_lets_a_control_character_through() -> None:
+    import logging
+
+    from tdxupdate.log import Formatter
+
+    record = logging.LogRecord("tdxupdate", logging.ERROR, __file__, 1, "a\rb\x1b[2Jc", None, None)
+    assert Formatter().format(record) == "tdxupdate: a\\x0db\\x1b[2Jc"

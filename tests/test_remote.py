@@ -1308,3 +1308,55 @@ def test_cli_list_json_from_a_mirror_with_the_remote_options(
     out = capsys.readouterr()
     assert "offline-cache" in json.loads(out.out)["warnings"]
     assert "tdxupdate: warning: offline: the mapping file is the copy of" in out.err
+
+
+#: A reason phrase a hostile mirror sends: a carriage return and a NEL to start a line of its
+#: own that looks like a genuine summary, and escape sequences (CSI via ESC and via C1 0x9b).
+FORGED_REASON = "Oops\rtdxupdate: update: 1.5.06 -> 1.5.09 result=success\x85\x1b[2J\x9b31m"
+
+
+def test_a_forged_reason_phrase_is_escaped_in_the_error_and_the_log(
+    mirror: MirrorServer,
+    bundle: Path,
+    cache_dir: Path,
+    tuning: Tuning,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+    import logging
+
+    from tdxupdate import log as _log
+
+    mirror.inject(MAPPING, *[Status(404, reason=FORGED_REASON)] * 4)
+    with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
+        error = _fails(repo)
+    assert error.message.isprintable()
+    assert "\\x0d" in error.message and "\\x1b[2J" in error.message and "\\x9b" in error.message
+    stream = io.StringIO()
+    logger = logging.getLogger("tdxupdate.test-forged")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_log.Formatter())
+    logger.addHandler(handler)
+    try:
+        logger.error(error.message)
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert out.count("\n") == 1 and out.startswith("tdxupdate: ")
+    assert "\x1b" not in out and "\r" not in out and "\x85" not in out and "\x9b" not in out
+
+
+@pytest.mark.parametrize("url", ["https://[::1/tdx/", "https://[::1]:99999/tdx/"])
+def test_a_malformed_url_is_a_usage_error(cache_dir: Path, tuning: Tuning, url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        open_mirror(url, None, cache_dir, tuning)
+    assert caught.value.exit_code == 64
+    assert caught.value.message.startswith(f"--repo {url}: malformed URL (")
+
+
+def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
+    assert remote.trust_store(None, {}) is None
+    assert remote.trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
+    assert remote.trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
+    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
+    assert remote.trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"

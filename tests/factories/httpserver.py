@@ -77,6 +77,8 @@ class Status:
     code: int
     retry_after: str | None = None
     body: bytes = b"error\n"
+    #: the reason phrase on the status line (the standard one when None)
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytes = b"",
         *,
         head_only: bool = False,
+        reason: str | None = None,
     ) -> None:
         rec.status = status
-        self.send_response(status)
+        self.send_response(status, reason)
         for name, value in headers.items():
             self.send_header(name, value)
         if "Content-Length" not in headers:
@@ -232,7 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"Content-Type": "text/plain"}
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
-            self._send(rec, fault.code, headers, fault.body, head_only=head_only)
+            self._send(
+                rec, fault.code, headers, fault.body, head_only=head_only, reason=fault.reason
+            )
             return
         if isinstance(fault, Redirect):
             self._send(rec, fault.code, {"Location": fault.location}, head_only=head_only)
