@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -390,34 +392,75 @@ def _emit(settings: Settings, report: Any) -> int:
 
 
 def _finish(settings: Settings, report: Any, started: float) -> int:
-    """Print the result, log the update summary, write the metrics file: the exit code."""
-    code = _emit(settings, report)
-    doc = report.document()
-    if settings.action == "update":
-        _log.log_update_summary(doc)
+    """Write the metrics file, print the result, log the update summary: the exit code.
+
+    The metrics come first so that what is printed (and the exit code) already knows whether
+    they could be written: a run that changed nothing and could not write them fails with
+    that error; a run whose update reached the kernel keeps the kernel's outcome and carries
+    the failure as the ``metrics-write-failed`` warning.
+    """
     if settings.metrics_file is not None:
         from tdxupdate import metrics
 
         try:
             metrics.write_textfile(
                 settings.metrics_file,
-                doc,
+                report.document(),
                 duration_s=time.monotonic() - started,
                 now=time.time(),
             )
         except TdxError as exc:
-            _log.get_logger().error(exc.message)
-            if code == 0:  # failures never exit 0; an earlier failure keeps its own code
-                code = exc.exit_code
+            doc = report.document()
+            if doc.get("changed") or doc.get("fatal") or report.error is not None:
+                report.warn("metrics-write-failed", f"metrics not written: {exc.message}")
+            else:
+                report.error = exc
+    code = _emit(settings, report)
+    if settings.action == "update":
+        _log.log_update_summary(report.document())
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(argv) if argv is not None else sys.argv[1:]
     as_json = "--json" in args
-    verbosity = 0
     started = time.monotonic()
     _log.setup(0)
+    previous = _trap_terminating_signals()
+    try:
+        return _main(args, as_json, started)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    from tdxupdate.errors import Interrupted
+
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
+
+
+def _trap_terminating_signals() -> dict[int, Any]:
+    """Every terminating signal ends the run the same way: through the error funnel below, so
+    locks are released, temporary files removed and ``--json`` still prints its document.
+    (While the image is streamed and recorded, the uploader and the update sequence hold
+    signals themselves.)"""
+    from tdxupdate.errors import TERMINATING_SIGNALS
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, Any] = {}
+    for signum in TERMINATING_SIGNALS:
+        old = signal.getsignal(signum)
+        if old is signal.SIG_IGN:
+            continue  # nohup and friends: an ignored signal stays ignored
+        previous[signum] = old if old is not None else signal.SIG_DFL
+        signal.signal(signum, _raise_interrupted)
+    return previous
+
+
+def _main(args: list[str], as_json: bool, started: float) -> int:
+    verbosity = 0
     try:
         try:
             command.main(args=args, prog_name="tdxupdate", standalone_mode=False)

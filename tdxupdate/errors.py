@@ -7,6 +7,7 @@ into an exit code and a line on stderr; nothing else calls ``sys.exit``.
 from __future__ import annotations
 
 import errno as _errno
+import signal as _signal
 
 #: error.code token -> exit code (cli-contract.md §2).
 EXIT_CODES: dict[str, int] = {
@@ -39,10 +40,19 @@ EXIT_CODES: dict[str, int] = {
     "upload-busy": 75,
     "device-busy": 75,
     "cpus-offline": 75,
+    "host-changed": 75,
     "timeout": 75,
     "permission-denied": 77,
     "interrupted": 130,
 }
+
+#: Signals whose default action ends the process: all are handled alike (the stream is
+#: aborted, an attempt that reached the kernel is recorded, the exit is 128 + the signal).
+TERMINATING_SIGNALS: tuple[int, ...] = tuple(
+    int(getattr(_signal, name))
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+    if hasattr(_signal, name)
+)
 
 #: Exit codes that are "permanent" (need an administrator): they win over transient ones.
 PERMANENT_EXIT_CODES = frozenset({69, 77})

@@ -10,24 +10,31 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, TryLater
 
-__all__ = ["LOCK_FILE", "Lock", "acquire"]
+__all__ = ["HOST_LOCK_DIR", "LOCK_FILE", "Lock", "acquire", "acquire_host", "host_lock_path"]
 
 LOCK_FILE = "lock"
+#: Where the host-wide locks live: root's, and not movable by any option, so two runs with
+#: different --state-dir values still exclude each other on the same upload interface.
+HOST_LOCK_DIR = Path("/run/tdxupdate")
 
 
 class Lock:
     """A held lock; a context manager that releases it on exit (``release`` is idempotent)."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, *, holder_died: bool = False) -> None:
         self.path = path
         self.pid = os.getpid()
         self._fd: int | None = fd
+        #: the previous holder exited without releasing (killed): it left its pid behind
+        self.holder_died = holder_died
 
     @property
     def held(self) -> bool:
@@ -110,3 +117,70 @@ def acquire(state_dir: Path) -> Lock:
         os.close(fd)
         raise _error(exc, path, "write") from exc
     return Lock(path, fd)
+
+
+def host_lock_path(upload_dir: Path) -> Path:
+    """The lock of one upload interface: keyed by its resolved path, so each emulated host on
+    a machine (tests, a fleet rehearsal) has its own, and every way of naming one interface
+    (a symlink, a sysroot prefix) meets the same lock."""
+    key = hashlib.sha256(os.path.realpath(upload_dir).encode()).hexdigest()[:32]
+    return HOST_LOCK_DIR / f"upload-{key}.lock"
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700, or accept it only when it is a real directory owned by us (or
+    root) that nobody else can write."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _error(exc, path, "create the directory of") from exc
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise _error(exc, path, "inspect the directory of") from exc
+    if (
+        not stat.S_ISDIR(st.st_mode)
+        or st.st_uid not in (0, os.geteuid())
+        or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise PermissionDenied(
+            f"{path}: refusing the host lock directory: not a directory owned by root (or "
+            "this user) and writable by nobody else"
+        )
+
+
+def acquire_host(upload_dir: Path) -> Lock:
+    """Take the host-wide lock of ``upload_dir`` (under :data:`HOST_LOCK_DIR`) without waiting.
+
+    Same errors as :func:`acquire`; the lock file is opened with O_NOFOLLOW, so a planted
+    symlink is refused instead of followed.
+    """
+    path = host_lock_path(upload_dir)
+    _private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _error(exc, path, "open") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _holder(fd)
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise TryLater(
+                f"{upload_dir}: another tdxupdate ({holder}) is updating through this upload "
+                "interface; try again later",
+                code="locked",
+            ) from exc
+        raise _error(exc, path, "take") from exc
+    # A clean release empties the file; a pid left in it is a holder that was killed.
+    died = _holder(fd) != "unknown pid"
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise _error(exc, path, "write") from exc
+    return Lock(path, fd, holder_died=died)

@@ -20,6 +20,7 @@ from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
     PERMANENT_EXIT_CODES,
+    TERMINATING_SIGNALS,
     DataError,
     Interrupted,
     InvalidImage,
@@ -60,6 +61,43 @@ def preflight_error(facts: _host.HostFacts) -> TdxError | None:
     errors = [TdxError(c.detail, code=c.code or "no-upload-interface") for c in failed]
     permanent = [e for e in errors if e.exit_code in PERMANENT_EXIT_CODES]
     return (permanent or errors)[0]
+
+
+def recheck_preflight(settings: Settings, before: _host.HostFacts) -> None:
+    """Read every preflight fact again, immediately before the first write (§4 step 4).
+
+    A download can take minutes: CPUs go offline, another tool spends an update or replaces
+    the module. Any failing check, or any fact that differs from what the decision was made
+    on, stops the update with nothing written.
+    """
+    now = actions.discover_host(settings)
+    error = preflight_error(now)
+    if error is not None:
+        raise type(error)(
+            f"the host changed before the first write: {error.message}", code=error.code
+        )
+    changed = [
+        f"{name} {old} -> {new}"
+        for name, old, new in (
+            ("module version", before.module_version, now.module_version),
+            ("P-SEAMLDR version", before.seamldr_version, now.seamldr_version),
+            ("remaining updates", before.num_remaining_updates, now.num_remaining_updates),
+            ("CPU signature", before.cpu_signature, now.cpu_signature),
+            ("upload interface", before.upload_dir, now.upload_dir),
+        )
+        if old != new
+    ]
+    if before.cpus_online != now.cpus_online:
+        changed.append(
+            f"online CPUs {_host.format_cpu_list(before.cpus_online or ())} -> "
+            f"{_host.format_cpu_list(now.cpus_online or ())}"
+        )
+    if changed:
+        raise TryLater(
+            "the host changed since the preflight (" + "; ".join(changed) + "); nothing was "
+            "written, run tdxupdate again",
+            code="host-changed",
+        )
 
 
 def now_rfc3339() -> str:
@@ -219,7 +257,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
 
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
-    with _signals_deferred() as deferred:
+    with lock.acquire_host(facts.upload_dir) as host_lock, _signals_deferred() as deferred:
         outcome = _attempts(
             report,
             settings,
@@ -231,6 +269,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             image_sha256,
             remaining_before,
             progress,
+            stale_loading=host_lock.holder_died,
         )
     if deferred:
         names = ", ".join(signal.Signals(s).name for s in deferred)
@@ -258,7 +297,7 @@ def _signals_deferred() -> Iterator[list[int]]:
     def hold(signum: int, _frame: object) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, hold) for s in TERMINATING_SIGNALS}
     try:
         yield received
     finally:
@@ -277,6 +316,8 @@ def _attempts(
     image_sha256: str,
     remaining_before: int | None,
     progress: ProgressFactory,
+    *,
+    stale_loading: bool = False,
 ) -> Attempt:
     """Send the image (and, on a header refusal, once more in the other format); record each."""
     for attempt_no, fmt in enumerate(formats, start=1):
@@ -288,10 +329,19 @@ def _attempts(
                 "unchanged)"
             )
         attempt = _attempt(
-            report, settings, facts, payload, fmt, target, view.module_version, progress
+            report,
+            settings,
+            facts,
+            payload,
+            fmt,
+            target,
+            view.module_version,
+            progress,
+            stale_loading=stale_loading,
         )
         report.doc["kernel_error"] = attempt.result.kernel_error if attempt.result else None
         _record(
+            report,
             settings,
             facts,
             attempt,
@@ -330,12 +380,19 @@ def _attempt(
     target: Version,
     running: Version,
     progress: ProgressFactory,
+    *,
+    stale_loading: bool = False,
 ) -> Attempt:
     assert facts.upload_dir is not None
     try:
         with progress(len(payload)) as tick:
             result = uploader.upload(
-                facts.upload_dir, payload, timeout=settings.timeout, progress=tick
+                facts.upload_dir,
+                payload,
+                timeout=settings.timeout,
+                progress=tick,
+                before_write=lambda: recheck_preflight(settings, facts),
+                stale_loading=stale_loading,
             )
         if result.committed:
             error_text = result.kernel_error or "empty: the kernel accepted the image"
@@ -457,6 +514,7 @@ def _lost_sentence(kernel_error: str | None) -> str:
 
 
 def _record(
+    report: actions.Report,
     settings: Settings,
     facts: _host.HostFacts,
     attempt: Attempt,
@@ -488,7 +546,16 @@ def _record(
         attempt=attempt_no,
         message=attempt.message,
     )
-    history.append(settings.state_dir, record)
+    try:
+        history.append(settings.state_dir, record)
+    except TdxError as exc:
+        # The kernel's outcome decides the exit code, the JSON and the metrics; a record that
+        # cannot be written is one more error line, never a replacement for what happened.
+        report.warn(
+            "history-write-failed",
+            f"the attempt's history record was not written ({exc.message}); the outcome "
+            "reported is the kernel's",
+        )
 
 
 def _finish(

@@ -32,6 +32,7 @@ from typing import Any
 
 from tdxupdate.errors import (
     EXIT_CODES,
+    TERMINATING_SIGNALS,
     IOFailure,
     KernelFailure,
     PermissionDenied,
@@ -70,7 +71,7 @@ KNOWN_ERROR_TOKENS = (
 )
 
 _ATTR_READ_SIZE = 4096  # a sysfs show() returns everything in one read of a page
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = TERMINATING_SIGNALS
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -343,7 +344,8 @@ def upload_committed(exc: BaseException) -> bool:
 
 
 class _SignalTrap:
-    """SIGINT/SIGTERM only set a flag while installed (cli-contract.md §4 step 11).
+    """Terminating signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT…) only set a flag while installed
+    (cli-contract.md §4 step 11).
 
     Python allows installing handlers only from the main thread; elsewhere this does nothing
     and signals keep their usual effect.
@@ -384,6 +386,8 @@ def upload(
     progress: Progress | None = None,
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
+    before_write: Callable[[], None] | None = None,
+    stale_loading: bool = False,
 ) -> UploadResult:
     """Upload ``image`` through the fw_upload directory ``upload_dir`` and watch it finish.
 
@@ -393,11 +397,25 @@ def upload(
     read after the commit; :func:`interface_written` and :func:`upload_committed` tell how
     far such a failed attempt got. Returns an :class:`UploadResult` for everything after the
     commit, and for a SIGINT/SIGTERM before it (``interrupted``). ``clock`` and ``sleep`` are
-    injectable so tests run the status watch on a fake clock.
+    injectable so tests run the status watch on a fake clock. ``before_write`` runs after the
+    interface was found idle and immediately before the first write (``loading=1``); whatever
+    it raises stops the upload with nothing written. ``loading`` already reading 1 is another
+    writer's open upload and refused, unless ``stale_loading`` says a killed tdxupdate (whose
+    host lock we now hold) left it: then ``loading=1`` starts the buffer afresh.
     """
     phase = _Phase()
     try:
-        return _upload(Path(upload_dir), image, timeout, progress, clock, sleep, phase)
+        return _upload(
+            Path(upload_dir),
+            image,
+            timeout,
+            progress,
+            clock,
+            sleep,
+            phase,
+            before_write,
+            stale_loading,
+        )
     except TdxError as exc:
         setattr(exc, _PHASE_ATTR, phase)
         raise
@@ -411,6 +429,8 @@ def _upload(
     clock: Clock,
     sleep: Sleep,
     phase: _Phase,
+    before_write: Callable[[], None] | None = None,
+    stale_loading: bool = False,
 ) -> UploadResult:
     loading = upload_dir / "loading"
     data = upload_dir / "data"
@@ -430,6 +450,20 @@ def _upload(
             "try again later",
             code="upload-busy",
         )
+    # loading=1 while idle: another writer has opened an upload and not yet sent a byte;
+    # writing loading=1 again would splice its image and ours.
+    try:
+        already = _read_attr(loading)
+    except OSError as exc:
+        raise _error_for(exc, loading, "cannot read the upload state") from exc
+    if already == "1" and not stale_loading:
+        raise TryLater(
+            f"{loading}: another writer has an upload open (loading reads 1); try again later "
+            f"(if nothing else is writing, 'echo -1 > {loading}' aborts it)",
+            code="upload-busy",
+        )
+    if before_write is not None:
+        before_write()
 
     with memoryview(image) as raw, raw.cast("B") as view, _SignalTrap() as trap:
         total = view.nbytes

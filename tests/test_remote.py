@@ -1034,6 +1034,9 @@ def test_a_progress_bar_is_drawn_only_for_a_terminal(
     capsys: pytest.CaptureFixture[str],
     interactive: bool,
 ) -> None:
+    from tdxupdate import log
+
+    log.setup(0)  # log to this test's stderr, not to a stream an earlier test closed
     with open_mirror(mirror, bundle, cache_dir, tuning, interactive=interactive) as repo:
         listing(repo)
         repo.read(ref_of(repo, NEWEST))

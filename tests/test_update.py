@@ -895,8 +895,17 @@ def test_two_concurrent_runs_one_uploads_the_other_exits_75(
 
 @pytest.mark.parametrize(
     ("series", "signum"),
-    [("ml", signal.SIGTERM), ("ml", signal.SIGINT), ("v3", signal.SIGTERM)],
-    ids=["ml-SIGTERM", "ml-SIGINT", "v3-SIGTERM"],
+    [
+        ("ml", signal.SIGTERM),
+        ("ml", signal.SIGINT),
+        ("v3", signal.SIGTERM),
+        # every terminating signal alike (issue 9 item 9): these used to kill the tool with
+        # loading left at 1, no message and no history record
+        ("ml", signal.SIGHUP),
+        ("ml", signal.SIGQUIT),
+        ("ml", signal.SIGUSR1),
+    ],
+    ids=["ml-SIGTERM", "ml-SIGINT", "v3-SIGTERM", "ml-SIGHUP", "ml-SIGQUIT", "ml-SIGUSR1"],
 )
 def test_signal_while_streaming_aborts_and_commits_nothing(
     tool_for: Callable[[str], Tool], series: str, signum: signal.Signals
@@ -1035,3 +1044,150 @@ def test_signal_before_anything_was_written_exits_without_a_record(
     assert tool.records() == []
     assert tool.host.state()["uploads"] == []
     assert_unchanged(tool.host)
+
+
+# --- the kernel's outcome is reported even when recording it fails (issue 9 items 5 and 7) -----
+
+
+def failing_history(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """history.append fails like a full disk; returns the outcomes it was asked to record."""
+    from tdxupdate.errors import IOFailure
+
+    asked: list[str] = []
+
+    def append(state_dir: Path, record: history.HistoryRecord) -> None:
+        asked.append(record.result)
+        raise IOFailure(f"{state_dir}/history.jsonl: cannot write the update history: no space")
+
+    monkeypatch.setattr(history, "append", append)
+    return asked
+
+
+@pytest.mark.parametrize("outcome", ["success", "module-lost"])
+def test_a_failed_history_write_never_replaces_the_kernels_outcome(
+    tool_for: Callable[[str], Tool],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    outcome: str,
+) -> None:
+    tool = tool_for("ml")
+    if outcome == "module-lost":
+        tool.host.control({"fault": "transferring:hw-error:fatal"})
+    asked = failing_history(monkeypatch)
+    prom = tmp_path / "tdxupdate.prom"
+    res = tool("--update", "--json", "--metrics-file", prom)
+    assert asked == [outcome]
+    doc = res.doc
+    assert "history-write-failed" in doc["warnings"]
+    assert any("history record was not written" in ln for ln in res.warning_lines)
+    metrics = prom.read_text()
+    if outcome == "success":
+        assert res.code == 0 and doc["ok"] is True and doc["changed"] is True
+        assert "tdxupdate_module_lost 0" in metrics
+    else:
+        assert res.code == 1 and doc["error"]["code"] == "module-lost" and doc["fatal"] is True
+        assert doc["error"]["exit_code"] == 1
+        assert "tdxupdate_module_lost 1" in metrics
+    assert f"tdxupdate_last_exit_code {res.code}" in metrics
+
+
+def test_a_failed_metrics_write_after_an_update_keeps_the_outcome_and_says_so(
+    tool_for: Callable[[str], Tool], tmp_path: Path
+) -> None:
+    tool = tool_for("ml")
+    prom = tmp_path / "missing-dir" / "tdxupdate.prom"
+    res = tool("--update", "--json", "--metrics-file", prom)
+    doc = res.doc
+    assert res.code == 0 and doc["ok"] is True and doc["changed"] is True
+    assert doc["warnings"] == ["metrics-write-failed"]
+    # a run that changed nothing fails with the write error, and its JSON says so
+    res = tool("--update", "--json", "--metrics-file", prom)
+    assert res.code == 74 and res.doc["ok"] is False and res.doc["error"]["exit_code"] == 74
+
+
+# --- the host is checked again right before the first write (issue 9 items 3 and 4) -----------
+
+
+def during_read(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -> None:
+    """Run ``act`` while the chosen image is being read (a slow download, in effect)."""
+    from tdxupdate import sources
+
+    real = sources.LocalRepository.read
+
+    def read(self: sources.LocalRepository, ref: sources.ImageRef) -> bytes:
+        act()
+        return real(self, ref)
+
+    monkeypatch.setattr(sources.LocalRepository, "read", read)
+
+
+@pytest.mark.parametrize(
+    ("change", "token"),
+    [
+        ({"online": "0"}, "cpus-offline"),
+        ({"remaining": 5}, "host-changed"),
+    ],
+    ids=["cpu-offline", "update-spent-elsewhere"],
+)
+def test_preflight_is_read_again_before_the_first_write(
+    tool_for: Callable[[str], Tool],
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    token: str,
+) -> None:
+    tool = tool_for("ml")
+    during_read(monkeypatch, lambda: tool.host.control(change))
+    res = tool("--update", "--json")
+    doc = assert_fails(res, 75, token)
+    assert (
+        "before the first write" in doc["error"]["message"]
+        or "since the preflight" in (doc["error"]["message"])
+    )
+    state = tool.host.state()
+    assert state["uploads"] == [] and state["upload"]["counters"] == {}
+    assert tool.records() == []
+
+
+def test_two_runs_with_different_state_dirs_exclude_each_other(
+    tool_for: Callable[[str], Tool], tmp_path: Path
+) -> None:
+    from tdxupdate import lock
+
+    tool = tool_for("ml")
+    upload_dir = Path(tool.host.sysroot) / "sys/class/firmware/tdx_module"
+    # another tdxupdate, with its own --state-dir, is streaming through this interface
+    with lock.acquire_host(upload_dir):
+        res = tool("--update", "--json")
+        assert_fails(res, 75, "locked")
+    assert_untouched(tool.host)
+    assert lock.host_lock_path(upload_dir).parent == lock.HOST_LOCK_DIR
+
+
+def test_an_upload_left_open_by_another_writer_is_not_spliced(
+    tool_for: Callable[[str], Tool],
+) -> None:
+    tool = tool_for("ml")
+    loading = Path(tool.host.sysroot) / "sys/class/firmware/tdx_module/loading"
+    loading.write_text("1")  # another writer opened an upload and has not sent a byte yet
+    try:
+        doc = assert_fails(tool("--update", "--json"), 75, "upload-busy")
+        assert "loading reads 1" in doc["error"]["message"]
+        assert tool.host.state()["received_size"] == 0
+    finally:
+        loading.write_text("-1")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_before_streaming_still_prints_the_json_document(
+    tool_for: Callable[[str], Tool], signum: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9 item 7: SIGTERM before the stream printed no JSON (the process just died)."""
+    import os
+
+    tool = tool_for("ml")
+    during_read(monkeypatch, lambda: os.kill(os.getpid(), signum))
+    res = tool("--update", "--json")
+    doc = assert_fails(res, 128 + signum, "interrupted")
+    assert signum.name in doc["error"]["message"]
+    assert_untouched(tool.host)
+    assert tool.records() == []
