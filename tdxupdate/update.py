@@ -257,6 +257,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
 
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
+    uploader.require_upload_filesystem(facts.upload_dir)
     with lock.acquire_host(facts.upload_dir) as host_lock, _signals_deferred() as deferred:
         outcome = _attempts(
             report,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import threading
 import time
@@ -373,6 +374,59 @@ class _SignalTrap:
     @property
     def first(self) -> int | None:
         return self.received[0] if self.received else None
+
+
+#: Filesystems an upload interface can live on: the kernel's sysfs, and FUSE (emulators of
+#: it, ours or anyone's). A regular disk filesystem means a plain tree of files: writing an
+#: image there updates nothing, and reading "idle" back from it proves nothing.
+UPLOAD_FILESYSTEMS = ("sysfs",)
+
+
+def _unescape_mount(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the filesystem holding ``path`` (from mountinfo); None when unknown."""
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        text = mountinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = _unescape_mount(fields[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), right.split()[0])
+    return best[1] if best is not None else None
+
+
+def require_upload_filesystem(upload_dir: Path) -> None:
+    """Refuse to write an image into an upload interface that is not the kernel's (or an
+    emulator's): a plain-file ``--sysroot`` would take the image, say nothing, and be
+    recorded as a success. Symlinks out of the interface directory are refused too."""
+    fstype = filesystem_type(upload_dir)
+    if fstype is None or not (fstype in UPLOAD_FILESYSTEMS or fstype.split(".")[0] == "fuse"):
+        raise TdxError(
+            f"{upload_dir}: not an upload interface: it is on a {fstype or 'unknown'} "
+            "filesystem, not sysfs (or a FUSE emulator of it); refusing to write an image "
+            "into plain files (read-only actions and --dry-run work on such trees)",
+            code="no-upload-interface",
+        )
+    real_dir = os.path.realpath(upload_dir)
+    for name in ("loading", "data", "status", "error"):
+        entry = os.path.realpath(Path(upload_dir) / name)
+        if os.path.dirname(entry) != real_dir:
+            raise TdxError(
+                f"{Path(upload_dir) / name}: points out of the upload interface (to {entry}); "
+                "refusing to write",
+                code="no-upload-interface",
+            )
 
 
 # --------------------------------------------------------------------------- the driver
