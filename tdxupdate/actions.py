@@ -17,7 +17,7 @@ from tdxupdate import __version__, keyring, policy, releases, sources
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.catalog import Catalog
-from tdxupdate.errors import InvalidImage, TdxError
+from tdxupdate.errors import InvalidImage, KernelFailure, TdxError
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
 
@@ -81,6 +81,7 @@ def host_json(facts: _host.HostFacts) -> dict[str, Any]:
         "generation": facts.generation,
         "kernel_release": facts.kernel_release,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in facts.checks],
+        "module_lost": _host.module_lost(facts),
     }
 
 
@@ -281,6 +282,13 @@ def run_status(settings: Settings, report: Report) -> None:
     host_warnings(report, facts, catalog)
     if not facts.tdx_host:
         raise _check_error(facts, "tdx-host")
+    if _host.module_lost(facts):
+        # Until a reboot, whatever the last update said (and whichever tool lost it).
+        raise KernelFailure(
+            "the TDX module is lost (its version reads ENXIO): every TD on this host was "
+            "killed and TDX is unusable until the host reboots",
+            code="module-lost",
+        )
 
 
 def _try_catalog(settings: Settings) -> Catalog | None:

@@ -594,6 +594,14 @@ def _image_format(
     return FORMAT_B, FORMAT_A
 
 
+def module_lost(facts: HostFacts) -> bool:
+    """``version`` fails with ENXIO: the module is gone (kernel-abi.md §3), every TD was killed,
+    and only a reboot brings TDX back. A state of the host, not of the last update."""
+    problem = facts.problems.get("module_version")
+    cause = problem.__cause__ if problem is not None else None
+    return isinstance(cause, OSError) and cause.errno == errno.ENXIO
+
+
 def discover(
     sysroot: Sysroot | str | os.PathLike[str],
     *,

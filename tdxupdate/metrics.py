@@ -179,11 +179,14 @@ def render_textfile(doc: Mapping[str, Any], *, duration_s: float, now: float) ->
             "1 when the repository holds a newer module eligible for this host "
             "(known after --list and --update).",
         ).add(1 if available else 0)
-    if doc.get("action") == "update" and "fatal" in doc:
+    host_lost = isinstance(host, Mapping) and host.get("module_lost") is True
+    if (doc.get("action") == "update" and "fatal" in doc) or "module_lost" in host:
+        # A state of the host: 1 from the update that lost the module until a reboot brings
+        # it back, on every run that reads the host, not only the one that lost it.
         family(
             "module_lost",
-            "1 when the last update lost the TDX module: every TD was killed; reboot needed.",
-        ).add(1 if doc.get("fatal") else 0)
+            "1 while the TDX module is lost (every TD was killed; reboot needed).",
+        ).add(1 if doc.get("fatal") or host_lost else 0)
     family("last_run_timestamp_seconds", "When the last tdxupdate run ended (Unix time).").add(now)
     family(
         "last_result",

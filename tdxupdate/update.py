@@ -8,7 +8,6 @@ Every attempt that wrote to the upload interface gets a history record (§5).
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -500,10 +499,7 @@ def _checked(after: _host.HostFacts, running: Version, remaining_before: int | N
 
 
 def _is_lost(after: _host.HostFacts) -> bool:
-    """``version`` fails with ENXIO: the module is gone (kernel-abi.md §3)."""
-    problem = after.problems.get("module_version")
-    cause = problem.__cause__ if problem is not None else None
-    return isinstance(cause, OSError) and cause.errno == errno.ENXIO
+    return _host.module_lost(after)
 
 
 def _lost_sentence(kernel_error: str | None) -> str:

@@ -1191,3 +1191,24 @@ def test_a_signal_before_streaming_still_prints_the_json_document(
     assert signum.name in doc["error"]["message"]
     assert_untouched(tool.host)
     assert tool.records() == []
+
+
+def test_a_lost_module_is_a_state_of_the_host_until_reboot(
+    tool_for: Callable[[str], Tool], tmp_path: Path
+) -> None:
+    """Issue 9 item 6: the alert cleared itself on the next run while the module stayed lost."""
+    tool = tool_for("ml")
+    tool.host.control({"fault": "transferring:hw-error:fatal"})
+    prom = tmp_path / "tdxupdate.prom"
+    assert_fails(tool("--update", "--json", "--metrics-file", prom), 1, "module-lost")
+    assert "tdxupdate_module_lost 1" in prom.read_text()
+
+    # the next runs, whatever they are, keep saying so
+    res = tool("--status", "--json", "--metrics-file", prom)
+    doc = assert_fails(res, 1, "module-lost")
+    assert doc["host"]["module_lost"] is True and "reboot" in doc["error"]["message"]
+    assert "tdxupdate_module_lost 1" in prom.read_text()
+    res = tool("--update", "--json", "--metrics-file", prom)
+    assert res.code != 0 and res.doc["ok"] is False
+    assert "tdxupdate_module_lost 1" in prom.read_text()
+    assert "tdxupdate_module_lost 0" not in prom.read_text()

@@ -122,8 +122,10 @@ def main():
     params = module.params
     base = common_argv(params)
     rc, doc, out, err = run_json(module, base + ["--status"])
-    if doc is None or rc != 0:
-        code, message = error_of(doc)
+    code, message = error_of(doc)
+    # A lost module is a fact about the host (tdxupdate --status exits 1 for it), not a
+    # failure to gather facts: report it as module_lost.
+    if doc is None or (rc != 0 and code != "module-lost"):
         module.fail_json(
             msg="tdxupdate --status failed (exit %d, %s): %s"
             % (rc, code, message or err.strip() or out),
