@@ -384,6 +384,10 @@ def _attempt(
     stale_loading: bool = False,
 ) -> Attempt:
     assert facts.upload_dir is not None
+    report.note(
+        f"Streaming {len(payload)} bytes (Format {_fmt_name(fmt)}); Ctrl-C aborts the upload "
+        "until its last byte is committed"
+    )
     try:
         with progress(len(payload)) as tick:
             result = uploader.upload(
@@ -393,13 +397,19 @@ def _attempt(
                 progress=tick,
                 before_write=lambda: recheck_preflight(settings, facts),
                 stale_loading=stale_loading,
+                on_committed=lambda written: report.note(
+                    f"Streamed {written} bytes to {facts.upload_dir}/data and committed them; "
+                    f"waiting for the kernel to install the module (up to {settings.timeout:g} "
+                    "s). A signal no longer stops it: the kernel owns the update now"
+                ),
             )
-        if result.committed:
-            error_text = result.kernel_error or "empty: the kernel accepted the image"
-            report.note(
-                f"Streamed {result.bytes_written} bytes to {facts.upload_dir}/data; the kernel "
-                f"finished in {result.duration_s:.2f} s; error: {error_text}"
+        if result.committed and not result.timed_out:
+            said = (
+                f"the kernel reported {result.kernel_error}"
+                if result.kernel_error
+                else "the kernel reported no error"
             )
+            report.note(f"The kernel finished after {result.duration_s:.2f} s; {said}")
     except TdxError as exc:
         if not uploader.interface_written(exc):
             # Refused before anything was written (busy, no access): nothing to record (§5).

@@ -19,6 +19,7 @@ Nothing here prints; the orchestrator (``tdxupdate.update``) renders, records an
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -442,6 +443,7 @@ def upload(
     sleep: Sleep = time.sleep,
     before_write: Callable[[], None] | None = None,
     stale_loading: bool = False,
+    on_committed: Callable[[int], None] | None = None,
 ) -> UploadResult:
     """Upload ``image`` through the fw_upload directory ``upload_dir`` and watch it finish.
 
@@ -469,6 +471,7 @@ def upload(
             phase,
             before_write,
             stale_loading,
+            on_committed,
         )
     except TdxError as exc:
         setattr(exc, _PHASE_ATTR, phase)
@@ -485,6 +488,7 @@ def _upload(
     phase: _Phase,
     before_write: Callable[[], None] | None = None,
     stale_loading: bool = False,
+    on_committed: Callable[[int], None] | None = None,
 ) -> UploadResult:
     loading = upload_dir / "loading"
     data = upload_dir / "data"
@@ -541,6 +545,11 @@ def _upload(
             )
         _commit(loading)
         phase.committed = True
+        if on_committed is not None:
+            # Saying so must never stop the watch of an upload the kernel now owns (a closed
+            # stdout, say): the outcome still has to be read and recorded.
+            with contextlib.suppress(Exception):
+                on_committed(written)
         # A signal seen from now on came after the last check before the commit.
         deadline = clock() + timeout
         final_status, kernel_error, timed_out = _watch(

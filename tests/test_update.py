@@ -1212,3 +1212,29 @@ def test_a_lost_module_is_a_state_of_the_host_until_reboot(
     assert res.code != 0 and res.doc["ok"] is False
     assert "tdxupdate_module_lost 1" in prom.read_text()
     assert "tdxupdate_module_lost 0" not in prom.read_text()
+
+
+# --- what is said around the wait (issue 9 item 8) -------------------------------------------
+
+
+def test_the_story_of_an_update_never_contradicts_its_outcome(
+    tool_for: Callable[[str], Tool],
+) -> None:
+    tool = tool_for("ml")
+    res = tool("--update")
+    assert res.code == 0, res.err
+    assert "Ctrl-C aborts the upload until its last byte is committed" in res.out
+    assert "waiting for the kernel to install the module (up to 30 s)" in res.out
+    assert "the kernel reported no error" in res.out
+    assert "error: empty" not in res.out + res.err
+
+    # a timeout is not told as "the kernel finished … accepted the image"
+    fresh(tool.host)
+    tool.host.control({"fault": "hang", "times": 1})
+    res = tool("--update", "--timeout", "0.3")
+    assert res.code == 75
+    told = res.out + res.err
+    assert "waiting for the kernel" in told and "did not finish within 0.3 s" in told
+    assert "finished after" not in told and "accepted" not in told
+    tool.host.control({"unhang": True})
+    wait_idle(tool.host)
