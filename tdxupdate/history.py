@@ -84,6 +84,9 @@ _OPTIONAL_FIELDS = (
     "generation",
     "fatal",
     "message",
+    "signer",
+    "seamsvn",
+    "mrseam",
 )
 _KNOWN_KEYS = frozenset((*_CORE_FIELDS, *_OPTIONAL_FIELDS, "format", "attempt"))
 
@@ -139,6 +142,10 @@ class HistoryRecord:
     fatal: bool | None = None
     attempt: int = 1
     message: str | None = None
+    #: the image's signer (SHA-256 of its modulus), SEAMSVN (``"0x010d"``) and MRSEAM (hex)
+    signer: str | None = None
+    seamsvn: str | None = None
+    mrseam: str | None = None
     #: Keys this version does not know (a newer writer's), kept so nothing is lost.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -167,6 +174,9 @@ class HistoryRecord:
             "sysfs_layout",
             "generation",
             "message",
+            "signer",
+            "seamsvn",
+            "mrseam",
         )
         for name in str_fields:
             value = getattr(self, name)

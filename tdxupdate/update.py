@@ -204,6 +204,15 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
         )
         blocking = rejudged.without("same-as-running") if decision.reinstall else rejudged.reasons
         if verification.ok and not blocking:
+            signer = verified.info.sigstruct.signer
+            report.doc["signer"] = signer
+            if signer != _image.INTEL_PRODUCTION_SIGNER:
+                report.warn(
+                    "non-intel-signer",
+                    f"{selected.version} is signed by {signer}, not Intel's production key: "
+                    "it is trusted only because --trusted-keys or the configuration lists that "
+                    "key",
+                )
             report.note(
                 f"Verified {ref.location}: "
                 + ", ".join(c.name for c in verification.checks)
@@ -350,6 +359,7 @@ def _attempts(
             to_version=target,
             image_sha256=image_sha256,
             remaining_before=remaining_before,
+            signer=verified.info.sigstruct,
         )
         retry = (
             attempt_no < len(formats)
@@ -531,6 +541,7 @@ def _record(
     to_version: Version,
     image_sha256: str,
     remaining_before: int | None,
+    signer: _image.Sigstruct,
 ) -> None:
     r = attempt.result
     record = history.HistoryRecord(
@@ -552,6 +563,9 @@ def _record(
         fatal=attempt.outcome == "module-lost",
         attempt=attempt_no,
         message=attempt.message,
+        signer=signer.signer,
+        seamsvn=f"{signer.seamsvn:#06x}",
+        mrseam=signer.seamhash.hex(),
     )
     try:
         history.append(settings.state_dir, record)
