@@ -82,6 +82,18 @@ def host_json(facts: _host.HostFacts) -> dict[str, Any]:
         "kernel_release": facts.kernel_release,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in facts.checks],
         "module_lost": _host.module_lost(facts),
+        **published_identity(facts.module_version),
+    }
+
+
+def published_identity(version: Version | None) -> dict[str, Any]:
+    """The running module's SEAMSVN and MRSEAM as Intel published them for its version (sysfs
+    exposes neither): what TDs attest now, for verifiers; None for versions not in the table."""
+    published = releases.intel_releases().get(version) if version is not None else None
+    return {
+        "seamsvn": fmt_hex(published.seamsvn) if published is not None else None,
+        "mrseam": published.mrseam if published and len(published.mrseam) == 96 else None,
+        "mrseam_prefix": published.mrseam[:8] if published is not None else None,
     }
 
 
