@@ -210,8 +210,8 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
                 report.warn(
                     "non-intel-signer",
                     f"{selected.version} is signed by {signer}, not Intel's production key: "
-                    "it is trusted only because --trusted-keys or the configuration lists that "
-                    "key",
+                    "it is trusted only because that key was added (--trusted-keys, the "
+                    "configuration, or --simulate's own key)",
                 )
             report.note(
                 f"Verified {ref.location}: "
