@@ -322,12 +322,27 @@ def _progress_bar(settings: Settings, label: str) -> Iterator[Callable[[int], An
     yield factory
 
 
+def _stdout_gone() -> None:
+    """stdout was closed (``tdxupdate --list | head``): send the rest nowhere, quietly."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _echo(line: str) -> None:
+    """Print for people; a closed stdout never interrupts what the tool is doing (an update
+    must still be watched and recorded) nor changes its exit code."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
 def run_action(settings: Settings) -> Any:
     from tdxupdate import actions
 
     report = actions.Report(settings.action)
     if not settings.json and settings.verbosity >= 0:
-        report.live = click.echo
+        report.live = _echo
     try:
         if settings.action == "status":
             actions.run_status(settings, report)
@@ -379,11 +394,11 @@ def _emit(settings: Settings, report: Any) -> int:
             _log.get_logger().warning(report.warning_text[token])
         if err is not None:
             _log.get_logger().error(err.message)
-        click.echo(json.dumps(report.document(), indent=2, sort_keys=False))
+        _echo(json.dumps(report.document(), indent=2, sort_keys=False))
     else:
         if settings.verbosity >= 0 or err is not None:
             for line in render(report):
-                click.echo(line)
+                _echo(line)
         for token in report.warnings:
             _log.get_logger().warning(report.warning_text[token])
         if err is not None:
@@ -499,10 +514,10 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
     except KeyboardInterrupt:
         return _fail(TdxError("interrupted by SIGINT", code="interrupted"), as_json)
     except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error worth a traceback.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 74
+        # stdout closed early (e.g. piped into head) somewhere _echo does not print: quietly,
+        # with the conventional status of a process whose reader went away.
+        _stdout_gone()
+        return 141
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if verbosity >= 1:
             traceback.print_exc()

@@ -1272,3 +1272,24 @@ def test_a_signer_other_than_intels_is_warned_about_and_recorded(
     sig = convert(target, FORMAT_B)  # the sigstruct is unchanged by conversion
     assert rec["mrseam"] == hashlib.sha384(sig[2 * 4096 :]).hexdigest()
     assert rec["seamsvn"].startswith("0x")
+
+
+# --- a closed stdout (issue 9 item 19) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["--list", "--update"])
+def test_a_closed_stdout_ends_quietly_and_never_stops_an_update(
+    tool_for: Callable[[str], Tool], action: str
+) -> None:
+    """``tdxupdate --list | head`` exited 74 silently; during an update a closed stdout must
+    not abandon the watch or the history record: the outcome decides the exit code."""
+    tool = tool_for("ml")
+    proc = tool.start(action)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader went away before the first line
+    _out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err.lower()
+    if action == "--update":
+        assert tool.host.state()["module_version"] == TARGET
+        assert [r["result"] for r in tool.records()] == ["success"]
