@@ -380,8 +380,9 @@ def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
             "repo": str(sim.repo),
             "extra_signers": settings.extra_signers | sim.trusted_signers,
         }
-        if settings.state_dir == DEFAULT_STATE_DIR:
-            overrides["state_dir"] = Path(state)
+        # Its lock and history are its own, whatever --state-dir or TDXUPDATE_STATE_DIR say:
+        # a simulation must never write into a real host's state.
+        overrides["state_dir"] = Path(state)
         yield replace(settings, **overrides)
 
 
