@@ -941,14 +941,14 @@ SAMPLE_TREES = {
 
 
 def _tree(root: Path) -> dict[str, str | bytes]:
+    """What the tool reads from a tree: every file by every path, symlinks followed (an sdist
+    or a copy keeps the files of sys/class/firmware/tdx_module but not the symlink itself)."""
     out: dict[str, str | bytes] = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = "-> " + os.readlink(p)
-        elif p.is_file():
-            out[rel] = read_as_root(p)
-    return out
+    for top, _dirs, files in os.walk(root, followlinks=True):
+        for name in files:
+            p = Path(top) / name
+            out[str(p.relative_to(root))] = read_as_root(p)
+    return dict(sorted(out.items()))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_TREES))

@@ -126,4 +126,5 @@ def test_debian_installs_the_contrib_units_themselves() -> None:
         unit = ROOT / "debian" / name
         if not unit.exists():
             pytest.skip("no debian/ directory in this tree")
-        assert unit.resolve() == (ROOT / "contrib" / "systemd" / name).resolve()
+        # a symlink in the repository, a copy in an sdist: either way the same unit
+        assert unit.read_bytes() == (ROOT / "contrib" / "systemd" / name).read_bytes()
