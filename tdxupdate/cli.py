@@ -390,8 +390,15 @@ def _emit(settings: Settings, report: Any) -> int:
     from tdxupdate.render import render
 
     err = report.error
+    # -q: output only when something failed or changed (cron mails whatever is printed, and a
+    # warning repeated by every run that does nothing is noise); the JSON keeps every token.
+    warnings = (
+        report.warnings
+        if settings.verbosity >= 0 or err is not None or report.doc.get("changed")
+        else []
+    )
     if settings.json:
-        for token in report.warnings:
+        for token in warnings:
             _log.get_logger().warning(report.warning_text[token])
         if err is not None:
             _log.get_logger().error(err.message)
@@ -400,7 +407,7 @@ def _emit(settings: Settings, report: Any) -> int:
         if settings.verbosity >= 0 or err is not None:
             for line in render(report):
                 _echo(line)
-        for token in report.warnings:
+        for token in warnings:
             _log.get_logger().warning(report.warning_text[token])
         if err is not None:
             _log.get_logger().error(err.message)

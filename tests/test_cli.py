@@ -833,3 +833,9 @@ def test_update_compat_warning_from_the_mapping(run: Any, tmp_path: Path, keys: 
         assert ("running-module-lacks-update-compat" in res.doc["warnings"]) is warned
     res = run("--list", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
     assert "warning: the running module 1.5.06 lacks update compatibility" in res.err
+    # -q (cron): a run that neither fails nor changes anything prints nothing at all (issue 9
+    # item 19), while the JSON still carries the token
+    res = run("--list", "-q", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
+    assert res.code == 0 and res.out == "" and res.err == ""
+    res = run("--list", "-q", "--json", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
+    assert "running-module-lacks-update-compat" in res.doc["warnings"] and res.err == ""
