@@ -75,7 +75,8 @@ def _cpu_arg(value: str) -> int:
     epilog=(
         "Exit codes: 0 success or nothing to do, 1 the kernel reported failure, 64 usage, "
         "65 bad data, 66 missing input, 69 unavailable (needs an administrator or a reboot), "
-        "74 I/O error, 75 try again later, 77 permission denied, 130/143 interrupted. "
+        "70 internal error, 74 I/O error, 75 try again later (locked, busy, host changed), "
+        "77 permission denied, 78 bad configuration, 128+N interrupted by signal N. "
         "See tdxupdate(8)."
     ),
 )

@@ -474,7 +474,7 @@ def _judge(
         )
     after = _host.discover(_host.Sysroot(settings.sysroot), cpu_signature=facts.cpu_signature)
     remaining_after = after.num_remaining_updates
-    lost = _is_lost(after)
+    lost = _host.module_lost(after)
 
     def judged(outcome: str, message: str) -> Attempt:
         return Attempt(
@@ -516,10 +516,6 @@ def _checked(after: _host.HostFacts, running: Version, remaining_before: int | N
     if remaining_before is not None and left is not None and left != remaining_before:
         said += f"; num_remaining_updates went from {remaining_before} to {left}"
     return said + "."
-
-
-def _is_lost(after: _host.HostFacts) -> bool:
-    return _host.module_lost(after)
 
 
 def _lost_sentence(kernel_error: str | None) -> str:
