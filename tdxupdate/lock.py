@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -99,24 +100,9 @@ def acquire(state_dir: Path) -> Lock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise _error(exc, path, "open") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = _holder(fd)
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise TryLater(
-                f"{path}: another tdxupdate ({holder}) is updating this host; try again later",
-                code="locked",
-            ) from exc
-        raise _error(exc, path, "take") from exc
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError as exc:
-        os.close(fd)
-        raise _error(exc, path, "write") from exc
-    return Lock(path, fd)
+    return _take(
+        path, fd, lambda holder: f"{path}: another tdxupdate ({holder}) is updating this host"
+    )
 
 
 def host_lock_path(upload_dir: Path) -> Path:
@@ -163,19 +149,29 @@ def acquire_host(upload_dir: Path) -> Lock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise _error(exc, path, "open") from exc
+    return _take(
+        path,
+        fd,
+        lambda holder: (
+            f"{upload_dir}: another tdxupdate ({holder}) is updating through this upload interface"
+        ),
+    )
+
+
+def _take(path: Path, fd: int, busy: Callable[[str], str]) -> Lock:
+    """flock ``fd`` without waiting and write our pid into it; closes ``fd`` on failure.
+
+    ``busy(holder)`` says who holds it (exit 75, ``locked``). A clean release empties the
+    file, so a pid found in it now was left by a holder that was killed.
+    """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         holder = _holder(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise TryLater(
-                f"{upload_dir}: another tdxupdate ({holder}) is updating through this upload "
-                "interface; try again later",
-                code="locked",
-            ) from exc
+            raise TryLater(f"{busy(holder)}; try again later", code="locked") from exc
         raise _error(exc, path, "take") from exc
-    # A clean release empties the file; a pid left in it is a holder that was killed.
     died = _holder(fd) != "unknown pid"
     try:
         os.ftruncate(fd, 0)
