@@ -8,6 +8,7 @@ what was learnt before the failure so ``--json`` can still show it.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from tdxupdate.catalog import Catalog
 from tdxupdate.errors import InvalidImage, KernelFailure, TdxError
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
+
+_LOG = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -102,11 +105,38 @@ def _str(value: object | None) -> str | None:
 
 
 def discover_host(settings: Settings) -> _host.HostFacts:
-    return _host.discover(
+    facts = _host.discover(
         _host.Sysroot(settings.sysroot),
         cpu_signature=settings.cpu_signature,
         image_format=settings.image_format,
     )
+    _log_host(facts)
+    return facts
+
+
+def _log_host(facts: _host.HostFacts) -> None:
+    """``-v``: what was read from the host; ``-vv``: every preflight check."""
+    if not _LOG.isEnabledFor(logging.INFO):
+        return
+    cpus = facts.cpus_online
+    _LOG.info(
+        "host %s: kernel %s, interface %s (%s), TDX module %s, P-SEAMLDR %s, CPU signature %s, "
+        "%s CPUs online, %s updates left, upload %s",
+        facts.sysroot,
+        facts.kernel_release or "unknown",
+        facts.generation or "none",
+        facts.upload_dir or "no upload directory",
+        facts.module_version or "unknown",
+        facts.seamldr_version or "unknown",
+        fmt_hex(facts.cpu_signature) or "unknown",
+        len(cpus) if cpus is not None else "unknown",
+        facts.num_remaining_updates if facts.num_remaining_updates is not None else "unknown",
+        facts.upload_status or "unknown",
+    )
+    for name, problem in facts.problems.items():
+        _LOG.info("host %s: %s unreadable: %s", facts.sysroot, name, problem.message)
+    for check in facts.checks:
+        _LOG.debug("check %s: %s: %s", check.name, "ok" if check.ok else "FAILED", check.detail)
 
 
 def require_policy_facts(facts: _host.HostFacts) -> policy.HostView:
@@ -254,7 +284,41 @@ def load_inventory(settings: Settings, repo: sources.Repository | None = None) -
             )
             continue
         images[version] = image_facts_from_head(ref, head, size, trusted)
+    _log_inventory(repo, catalog, refs, images, trusted)
     return Inventory(repo, catalog, refs, images, trusted)
+
+
+def _log_inventory(
+    repo: sources.Repository,
+    catalog: Catalog,
+    refs: dict[Version, sources.ImageRef],
+    images: dict[Version, policy.ImageFacts],
+    trusted: frozenset[str],
+) -> None:
+    if not _LOG.isEnabledFor(logging.INFO):
+        return
+    _LOG.info(
+        "repository %s: %d release(s) in the mapping, %d image(s) found, %d trusted signer(s)",
+        repo.location,
+        len(catalog.releases),
+        len(images),
+        len(trusted),
+    )
+    for version in sorted(refs, reverse=True):
+        img = images.get(version)
+        if img is None:
+            _LOG.debug("image %s: %s: not in the repository", version, refs[version].location)
+            continue
+        _LOG.debug(
+            "image %s: %s: format %s, SEAMSVN %s, signer %s, debug %s%s",
+            version,
+            img.path,
+            fmt_hex(img.image_format) or "unknown",
+            fmt_hex(img.seamsvn) or "unknown",
+            img.signer or "unknown",
+            "yes" if img.is_debug else "no",
+            "".join(f"; {name} failed: {detail}" for name, detail in img.failures),
+        )
 
 
 def candidate_json(c: policy.Candidate) -> dict[str, Any]:
@@ -334,6 +398,15 @@ def build_candidates(
         inventory.catalog.releases, inventory.images, view, policy_options(settings)
     )
     report.doc["candidates"] = [candidate_json(c) for c in candidates]
+    for c in candidates:
+        if c.eligible:
+            _LOG.info("candidate %s: eligible", c.version)
+        else:
+            _LOG.info(
+                "candidate %s: not eligible: %s",
+                c.version,
+                "; ".join(f"{r} ({c.details[r]})" if r in c.details else r for r in c.reasons),
+            )
     return facts, view, inventory, candidates
 
 

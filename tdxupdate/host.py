@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -84,6 +85,7 @@ _CPUINFO_LIMIT = 256 * 1024
 MAX_CPU = 65535
 
 _T = TypeVar("_T")
+_LOG = logging.getLogger(__name__)
 
 _MODULE_LOST = (
     "reading version fails with ENXIO: the TDX module is lost; every TD is gone; reboot needed"
@@ -259,9 +261,12 @@ def _os_error(path: Path, exc: OSError, missing_code: str) -> TdxError:
 
 def _read_attr(path: Path, missing_code: str, limit: int = _ATTR_LIMIT) -> bytes:
     try:
-        return _read_bytes(path, limit)
+        data = _read_bytes(path, limit)
     except OSError as exc:
+        _LOG.debug("read %s: %s", path, exc.strerror or exc)
         raise _os_error(path, exc, missing_code) from exc
+    _LOG.debug("read %s: %s", path, _show(data))
+    return data
 
 
 # --------------------------------------------------------------------------- public parsers

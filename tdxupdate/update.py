@@ -8,6 +8,7 @@ Every attempt that wrote to the upload interface gets a history record (§5).
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from tdxupdate.errors import (
 )
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
+
+_LOG = logging.getLogger(__name__)
 
 #: Host checks that must pass before anything is written (§4 step 4), in report order.
 PREFLIGHT_CHECKS = (
@@ -91,7 +94,9 @@ def recheck_preflight(settings: Settings, before: _host.HostFacts) -> None:
             f"online CPUs {_host.format_cpu_list(before.cpus_online or ())} -> "
             f"{_host.format_cpu_list(now.cpus_online or ())}"
         )
-    if changed:
+    if not changed:
+        _LOG.info("preflight read again before the first write: the host is unchanged")
+    else:
         raise TryLater(
             "the host changed since the preflight (" + "; ".join(changed) + "); nothing was "
             "written, run tdxupdate again",
@@ -213,6 +218,15 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
                     "it is trusted only because that key was added (--trusted-keys, the "
                     "configuration, or --simulate's own key)",
                 )
+            _LOG.info(
+                "image %s: %d bytes, sha256 %s, MRSEAM %s, SEAMSVN %s, signer %s",
+                ref.location,
+                len(verified.data),
+                verified.sha256,
+                verified.mrseam,
+                actions.fmt_hex(verified.info.sigstruct.seamsvn),
+                signer,
+            )
             report.note(
                 f"Verified {ref.location}: "
                 + ", ".join(c.name for c in verification.checks)
@@ -565,6 +579,12 @@ def _record(
     )
     try:
         history.append(settings.state_dir, record)
+        _LOG.info(
+            "attempt %d (%s) recorded in %s",
+            attempt_no,
+            attempt.outcome,
+            history.history_path(settings.state_dir),
+        )
     except TdxError as exc:
         # The kernel's outcome decides the exit code, the JSON and the metrics; a record that
         # cannot be written is one more error line, never a replacement for what happened.

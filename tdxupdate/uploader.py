@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -41,6 +42,8 @@ from tdxupdate.errors import (
     TdxError,
     TryLater,
 )
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = [
     "FIRST_POLL_INTERVAL",
@@ -591,6 +594,7 @@ def _stream(
         if trap.first is not None:
             return 0, True
         phase.written = True
+        _LOG.debug("write 1 to %s, then %d bytes to %s", loading, total, data)
         try:
             _write_attr(loading, "1")
         except OSError as exc:
@@ -639,6 +643,7 @@ def _stream(
 
 def _commit(loading: Path) -> None:
     """``loading=0``: the kernel checks the image with the LSM and starts the upload."""
+    _LOG.debug("write 0 to %s: the kernel takes the image", loading)
     try:
         _write_attr(loading, "0")
     except OSError as exc:
@@ -680,11 +685,15 @@ def _watch(
     completion is seen within ~25 ms at negligible CPU. Unknown status strings keep watching.
     """
     interval = FIRST_POLL_INTERVAL
+    seen: str | None = None
     while True:
         try:
             status = _read_attr(status_path)
         except OSError as exc:
             raise _error_for(exc, status_path, "cannot read the upload status") from exc
+        if status != seen:
+            _LOG.debug("%s: %s", status_path, status or "(empty)")
+            seen = status
         if status == "idle":
             try:
                 text = _read_attr(error_path)
@@ -693,6 +702,7 @@ def _watch(
                     raise _error_for(exc, error_path, "cannot read the upload result") from exc
                 # EBUSY: the status flipped back to busy (another upload started); keep watching.
             else:
+                _LOG.debug("%s: %s", error_path, text or "(empty)")
                 return status, (text or None), False
         now = clock()
         if now >= deadline:
