@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.shell_completion import CompletionItem
 
 from tdxupdate import __version__
 from tdxupdate import log as _log
@@ -70,6 +71,33 @@ def _cpu_arg(value: str) -> int:
         raise UsageError(f"--cpu-signature: {exc}") from exc
 
 
+def _complete_dir(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """``--repo``: the shell completes directories (a URL is typed out)."""
+    return [CompletionItem(incomplete, type="dir")]
+
+
+def _complete_file(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """``--mapping``, ``--verify``: the shell completes file names."""
+    return [CompletionItem(incomplete, type="file")]
+
+
+def _complete_profile(
+    _ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """``--simulate``: the profile names, each with its description (zsh and fish show it)."""
+    from tdxupdate.sim.profiles import PROFILES
+
+    return [
+        CompletionItem(name, help=profile.description)
+        for name, profile in PROFILES.items()
+        if name.startswith(incomplete.lower())
+    ]
+
+
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
@@ -108,6 +136,7 @@ def _cpu_arg(value: str) -> int:
     flag_value=_LATEST,
     default=None,
     metavar="[PATH]",
+    shell_complete=_complete_file,
     help="Run every image check on PATH, or on every image in the repository.",
 )
 @click.option(
@@ -131,12 +160,14 @@ def _cpu_arg(value: str) -> int:
     default=DEFAULT_REPO,
     show_default=True,
     metavar="DIR|URL",
+    shell_complete=_complete_dir,
     help="Module repository in Intel's layout. [env TDXUPDATE_REPO]",
 )
 @click.option(
     "--mapping",
     default=None,
     metavar="FILE|URL",
+    shell_complete=_complete_file,
     help="Mapping file, when not REPO/mapping_file.json.",
 )
 @click.option(
@@ -199,6 +230,7 @@ def _cpu_arg(value: str) -> int:
     flag_value="spr",
     default=None,
     metavar="[PROFILE]",
+    shell_complete=_complete_profile,
     help="Run against a throw-away emulated host and a bundled sample repository.",
 )
 @click.option(

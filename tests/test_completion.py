@@ -71,6 +71,9 @@ def bash_complete(tmp_path: Path, words: list[str]) -> list[str]:
     (tmp_path / "completion.bash").write_text(script)
     quoted = " ".join(shlex.quote(w) for w in words)
     program = (
+        # Outside an interactive shell compopt has no completion to modify: record the call
+        # (click asks readline for directory or file names with it) as a line of output.
+        "compopt() { printf 'compopt'; printf ' %s' \"$@\"; printf '\\n'; }\n"
         f"source {shlex.quote(str(tmp_path / 'completion.bash'))}\n"
         f"COMP_WORDS=({quoted})\n"
         f"COMP_CWORD={len(words) - 1}\n"
@@ -100,3 +103,47 @@ def test_bash_completes_image_format_values(tmp_path: Path) -> None:
         "0x100",
         "0x200",
     ]
+
+
+def test_bash_completes_repo_directories(tmp_path: Path) -> None:
+    """``--repo`` takes DIR|URL: bash is asked for directory names (issue 9 item 19)."""
+    assert bash_complete(tmp_path, ["tdxupdate", "--repo", "repo-"]) == ["compopt -o dirnames"]
+
+
+def test_bash_completes_mapping_and_verify_files(tmp_path: Path) -> None:
+    for option in ("--mapping", "--verify"):
+        assert bash_complete(tmp_path, ["tdxupdate", option, "tdx_"]) == ["compopt -o default"]
+
+
+def test_options_without_a_path_get_no_file_completion(tmp_path: Path) -> None:
+    """``--update`` takes a VERSION: no file names offered there."""
+    assert bash_complete(tmp_path, ["tdxupdate", "--update", "1."]) == []
+
+
+def test_bash_completes_simulate_profiles(tmp_path: Path) -> None:
+    from tdxupdate.sim.profiles import PROFILES
+
+    assert bash_complete(tmp_path, ["tdxupdate", "--simulate", ""]) == list(PROFILES)
+    assert "legacy-g2" in bash_complete(tmp_path, ["tdxupdate", "--simulate", "legacy-"])
+    assert set(bash_complete(tmp_path, ["tdxupdate", "--simulate", "legacy-"])) == {
+        name for name in PROFILES if name.startswith("legacy-")
+    }
+
+
+def test_zsh_and_fish_show_each_profile_description() -> None:
+    """zsh and fish print a description next to each candidate; it is the profile's."""
+    from tdxupdate.sim.profiles import PROFILES
+
+    env = {"COMP_WORDS": "tdxupdate --simulate sp", "COMP_CWORD": "2"}
+    zsh = run_module({"_TDXUPDATE_COMPLETE": "zsh_complete", **env})
+    assert zsh.returncode == 0, zsh.stderr
+    assert zsh.stdout.splitlines() == ["plain", "spr", PROFILES["spr"].description]
+    fish = run_module(
+        {
+            "_TDXUPDATE_COMPLETE": "fish_complete",
+            "COMP_WORDS": "tdxupdate --simulate sp",
+            "COMP_CWORD": "sp",
+        }
+    )
+    assert fish.returncode == 0, fish.stderr
+    assert fish.stdout.splitlines() == [f"plain,spr\t{PROFILES['spr'].description}"]
