@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +22,7 @@ from click.shell_completion import CompletionItem
 
 from tdxupdate import __version__
 from tdxupdate import log as _log
+from tdxupdate import signals as _signals
 from tdxupdate.errors import TdxError, UsageError
 from tdxupdate.settings import DEFAULT_REPO, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT, Settings
 from tdxupdate.versions import Version
@@ -404,10 +403,10 @@ def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
     from tdxupdate.sim import simulated_host
 
     cache = (settings.cache_dir or default_cache_dir()) / "sim"
-    with (
-        tempfile.TemporaryDirectory(prefix="tdxupdate-sim-state-") as state,
-        simulated_host(profile, cache_dir=cache) as sim,
-    ):
+    with contextlib.ExitStack() as stack:
+        with _signals.critical():  # the directory exists only with its removal registered
+            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="tdxupdate-sim-state-"))
+        sim = stack.enter_context(simulated_host(profile, cache_dir=cache))
         overrides: dict[str, Any] = {
             "sysroot": sim.sysroot,
             "repo": str(sim.repo),
@@ -482,37 +481,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in args
     started = time.monotonic()
     _log.setup(0)
-    previous = _trap_terminating_signals()
+    restore = _signals.install()
     try:
         return _main(args, as_json, started)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    from tdxupdate.errors import Interrupted
-
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
-
-
-def _trap_terminating_signals() -> dict[int, Any]:
-    """Every terminating signal ends the run the same way: through the error funnel below, so
-    locks are released, temporary files removed and ``--json`` still prints its document.
-    (While the image is streamed and recorded, the uploader and the update sequence hold
-    signals themselves.)"""
-    from tdxupdate.errors import TERMINATING_SIGNALS
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous: dict[int, Any] = {}
-    for signum in TERMINATING_SIGNALS:
-        old = signal.getsignal(signum)
-        if old is signal.SIG_IGN:
-            continue  # nohup and friends: an ignored signal stays ignored
-        previous[signum] = old if old is not None else signal.SIG_DFL
-        signal.signal(signum, _raise_interrupted)
-    return previous
+        # As the process's own entry point (argv None: the console script, python -m) a
+        # signal from now on is ignored: one during interpreter shutdown must not replace the
+        # exit status the JSON document already states. An in-process caller gets its
+        # handlers back.
+        if argv is None:
+            _signals.ignore_until_exit()
+        else:
+            restore()
 
 
 def _main(args: list[str], as_json: bool, started: float) -> int:
@@ -539,8 +519,10 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         if opts["simulate"] is not None:
             with _simulation(settings, opts["simulate"]) as simulated:
                 report = run_action(simulated)
+                _signals.hold()  # the outcome is decided: report it, whatever arrives now
                 return _finish(simulated, report, started)
         report = run_action(settings)
+        _signals.hold()
         return _finish(settings, report, started)
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -10,17 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tdxupdate import __version__, actions, history, lock, policy, uploader
+from tdxupdate import __version__, actions, history, lock, policy, signals, uploader
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
     PERMANENT_EXIT_CODES,
-    TERMINATING_SIGNALS,
     DataError,
     Interrupted,
     InvalidImage,
@@ -280,7 +278,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
     uploader.require_upload_filesystem(facts.upload_dir)
-    with lock.acquire_host(facts.upload_dir) as host_lock, _signals_deferred() as deferred:
+    with lock.acquire_host(facts.upload_dir) as host_lock, signals.holding() as deferred:
         outcome = _attempts(
             report,
             settings,
@@ -302,30 +300,6 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             "history record first",
         )
     _finish(report, outcome, selected.version, remaining_before)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[list[int]]:
-    """Hold SIGINT/SIGTERM from the first write until the attempt is recorded.
-
-    While streaming, the uploader installs its own handlers (abort with ``loading=-1``); around
-    that, a signal must not kill the process between a committed upload and its history record
-    (§5: every attempt that reached the kernel is recorded).
-    """
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def hold(signum: int, _frame: object) -> None:
-        received.append(signum)
-
-    previous = {s: signal.signal(s, hold) for s in TERMINATING_SIGNALS}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _attempts(

@@ -129,6 +129,7 @@ class FwUpload:
                 self.counters["loading_ignored"] += 1
                 return len(buf)
             if value == 1:
+                self.counters["loading_starts"] += 1
                 self.buffer = bytearray()
                 self.state = LOADING
             elif value == 0 and self.state == LOADING:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tdxupdate import signals
 from tdxupdate.errors import IOFailure, UsageError
 from tdxupdate.sim.config import SimConfig
 from tdxupdate.sim.mount import is_mounted, require_fuse, start_daemon, unmount, wait_exit
@@ -106,15 +107,17 @@ def simulated_host(
     except ValueError as exc:
         raise UsageError(f"simulation profile {chosen.name}: {exc}") from None
     own_dir = workdir is None
-    base = Path(tempfile.mkdtemp(prefix="tdxupdate-sim-")) if workdir is None else Path(workdir)
-    mountpoint = base / "host"
-    try:
-        pid = start_daemon(mountpoint, config, exit_with_parent=True)
-    except BaseException:
-        if own_dir:
-            shutil.rmtree(base, ignore_errors=True)
-        raise
-    try:
+    with contextlib.ExitStack() as stack:
+        # Each resource exists only with its release registered: a signal in between is held
+        # until the registration is done (tdxupdate.signals.critical).
+        with signals.critical():
+            base = Path(tempfile.mkdtemp(prefix="tdxupdate-sim-") if workdir is None else workdir)
+            mountpoint = base / "host"
+            if own_dir:
+                stack.callback(_remove_unmounted, base, mountpoint)
+        with signals.critical():
+            pid = start_daemon(mountpoint, config, exit_with_parent=True)
+            stack.callback(_teardown, mountpoint, pid)
         control, state = host_controls(mountpoint)
         yield SimHost(
             sysroot=mountpoint,
@@ -127,11 +130,15 @@ def simulated_host(
             config=config,
             pid=pid,
         )
-    finally:
-        _teardown(mountpoint, pid, base if own_dir else None)
 
 
-def _teardown(mountpoint: Path, pid: int, remove: Path | None) -> None:
+def _remove_unmounted(base: Path, mountpoint: Path) -> None:
+    """Remove a work directory the session created, never through a mount still in place."""
+    if not is_mounted(mountpoint):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _teardown(mountpoint: Path, pid: int) -> None:
     failure: IOFailure | None = None
     if is_mounted(mountpoint):
         try:
@@ -140,10 +147,7 @@ def _teardown(mountpoint: Path, pid: int, remove: Path | None) -> None:
             failure = exc
     wait_exit(pid)
     if not is_mounted(mountpoint):
-        if remove is not None:
-            shutil.rmtree(remove, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                mountpoint.rmdir()
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()
     if failure is not None:
         raise failure
