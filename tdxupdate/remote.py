@@ -442,7 +442,7 @@ class HttpClient:
                     failure = NetworkFailure(
                         f"gave up after {tuning.run_deadline:g} s, the time one run may spend "
                         f"on the network (the mirror sent {_size(received)} for this request "
-                        f"in its last {clock() - started:.0f} s)",
+                        f"in {_seconds(clock() - started)} s)",
                         retryable=False,
                     )
                 else:
@@ -658,6 +658,10 @@ class _Watchdog:
         with self._lock:
             self._done = True
         self._timer.cancel()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def _size(count: int) -> str:
