@@ -573,7 +573,7 @@ class HttpClient:
                     progress(len(body), declared)
         except (requests.RequestException, OSError) as exc:
             # The watchdog shut the socket, or a read timeout cut to the time left expired.
-            deadline.check(len(body), slack=_SLACK)
+            deadline.check(_received(exc, len(body)), slack=_SLACK)
             raise NetworkFailure(
                 _truncation(exc, len(body), declared, self.tuning, host), retryable=True
             ) from exc
@@ -673,22 +673,36 @@ def _size(count: int) -> str:
     return f"{count / 1_000_000:.1f} MB"
 
 
-def _truncation(
-    exc: BaseException, received: int, declared: int | None, tuning: Tuning, host: str
-) -> str:
-    """The cause for a body that broke off: how much came, and why it stopped when known."""
+def _incomplete(exc: BaseException) -> list[BaseException]:
     import http.client
 
     import urllib3.exceptions as u3
 
-    incomplete = [
+    return [
         e
         for e in _exception_chain(exc)
         if isinstance(e, u3.IncompleteRead | http.client.IncompleteRead)
     ]
-    if incomplete and isinstance(incomplete[0].partial, int):
-        # urllib3 2.x raises before handing over the partial chunk; it knows the count.
-        received = max(received, incomplete[0].partial)
+
+
+def _received(exc: BaseException, received: int) -> int:
+    """Body bytes that arrived, counting those of a chunk that broke off: urllib3 2.x raises
+    before handing the partial chunk over (it knows the count); http.client keeps the bytes."""
+    for e in _incomplete(exc):
+        partial = getattr(e, "partial", None)
+        if isinstance(partial, int):
+            received = max(received, partial)
+        elif isinstance(partial, bytes | bytearray):
+            received = max(received, len(partial))
+    return received
+
+
+def _truncation(
+    exc: BaseException, received: int, declared: int | None, tuning: Tuning, host: str
+) -> str:
+    """The cause for a body that broke off: how much came, and why it stopped when known."""
+    incomplete = _incomplete(exc)
+    received = _received(exc, received)
     cause = None if incomplete else describe(exc, tuning, host)[0]
     if cause == _CLOSED:
         cause = None  # "truncated" already says the connection ended early
