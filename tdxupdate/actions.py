@@ -438,20 +438,49 @@ def version_from_filename(path: Path) -> Version | None:
     return Version.parse(m.group(1)) if m else None
 
 
+#: What a failed ``--verify`` of a repository exits with, the first that applies: an image
+#: that was read and failed a check (65, the bytes are bad: never hidden behind another
+#: failure), an image that could not be fetched (74: the verdict is incomplete, run again), an
+#: image the repository lacks (66).
+_VERIFY_PRECEDENCE = ("image-invalid", "network-error", "image-not-found")
+#: Failures to read one image that do not stop the others from being verified.
+_UNREADABLE = frozenset({"image-not-found", "network-error", "io-error"})
+
+
+def _unread(reason: str) -> _image.Verification:
+    skipped = tuple(
+        _image.Check(name, False, "not checked: the image could not be read")
+        for name in _image.CHECK_NAMES[1:]
+    )
+    return _image.Verification(None, (_image.Check("container", False, reason), *skipped))
+
+
 def run_verify(settings: Settings, report: Report) -> None:
     trusted = trusted_signers(settings)
     results: list[dict[str, Any]] = []
+    #: the token each failed entry of ``results`` stands for (by its index)
+    failed: dict[int, str] = {}
     report.doc["images"] = results
 
-    def check(location: str, version: Version | None, read: Callable[[], bytes]) -> None:
+    def check(
+        location: str,
+        version: Version | None,
+        read: Callable[[], bytes],
+        *,
+        keep_going: bool = False,
+    ) -> None:
+        code = "image-invalid"
         try:
             data = read()
         except InvalidImage as exc:
-            skipped = tuple(
-                _image.Check(name, False, "not checked: the image could not be read")
-                for name in _image.CHECK_NAMES[1:]
-            )
-            v = _image.Verification(None, (_image.Check("container", False, str(exc)), *skipped))
+            v = _unread(str(exc))
+        except TdxError as exc:
+            # A repository's image that is missing (a 404) or could not be fetched is one
+            # failed entry; the other images are still verified and reported.
+            if not keep_going or exc.code not in _UNREADABLE:
+                raise
+            code = exc.code
+            v = _unread(exc.message)
         else:
             v = _image.verify(
                 data,
@@ -459,6 +488,8 @@ def run_verify(settings: Settings, report: Report) -> None:
                 allow_debug=settings.allow_debug,
                 expected_version=version,
             )
+        if not v.ok:
+            failed[len(results)] = code
         results.append(verification_json(location, version, v))
 
     if settings.verify_path is not None:
@@ -479,11 +510,18 @@ def run_verify(settings: Settings, report: Report) -> None:
             )
         for version in sorted(refs, reverse=True):
             ref = refs[version]
-            check(ref.location, version, functools.partial(repo.read, ref))
-    bad = [r for r in results if not r["ok"]]
-    if bad:
-        names = ", ".join(r["path"] for r in bad)
-        raise InvalidImage(f"{len(bad)} of {len(results)} image(s) failed verification: {names}")
+            check(ref.location, version, functools.partial(repo.read, ref), keep_going=True)
+    if failed:
+        tags = {
+            "image-invalid": "",
+            "network-error": " (not fetched)",
+            "image-not-found": " (not found)",
+        }
+        names = ", ".join(results[i]["path"] + tags[code] for i, code in failed.items())
+        code = next(c for c in _VERIFY_PRECEDENCE if c in failed.values())
+        raise TdxError(
+            f"{len(failed)} of {len(results)} image(s) failed verification: {names}", code=code
+        )
 
 
 # --- --history ----------------------------------------------------------------------------

@@ -33,12 +33,17 @@ first 8 KiB than :meth:`head` returned in this run, because the policy decided o
 
 Transport rules: one ``requests.Session``; connect and read timeouts; retries with exponential
 backoff on connection failures, timeouts, truncated bodies and HTTP 429/5xx, honouring
-``Retry-After``; TLS verification always on (``--ca-bundle`` adds an internal CA); proxies from
-the environment (``HTTPS_PROXY``, ``NO_PROXY``); ``Accept-Encoding: identity`` so lengths and
-ranges are byte-exact. Plain ``http`` is refused for the mapping file *and* the images unless
-``--allow-insecure-http``: the mapping decides what is safe to load, and the 1.5.x images carry
-no version in their sigstruct, so over plain http an older Intel-signed image could be served
-under a newer name and pass every signature check (a silent downgrade).
+``Retry-After``; two deadlines the read timeout alone cannot give (a mirror sending one byte every
+few seconds never trips it): one per attempt, body included, and one for all the requests, retries
+and waits of a run, after which the mirror is given up (``network-error``; a watchdog shuts the
+socket when a deadline passes inside a blocking read, the socket timeouts never exceed the time
+left, and no wait between retries reaches past the run's deadline); TLS verification always on
+(``--ca-bundle`` adds an internal CA); proxies from the environment (``HTTPS_PROXY``,
+``NO_PROXY``); ``Accept-Encoding: identity`` so lengths and ranges are byte-exact. Plain ``http``
+is refused for the mapping file *and* the images unless ``--allow-insecure-http``: the mapping
+decides what is safe to load, and the 1.5.x images carry no version in their sigstruct, so over
+plain http an older Intel-signed image could be served under a newer name and pass every signature
+check (a silent downgrade).
 """
 
 from __future__ import annotations
@@ -91,7 +96,15 @@ class Tuning:
     #: a ``Retry-After`` longer than this is not waited for: the failure is reported instead
     max_retry_after: float = 120.0
     chunk_size: int = 64 * 1024
+    #: one attempt, from sending the request to the last body byte: the read timeout starts
+    #: again with every byte, so a mirror trickling one byte at a time never trips it; this does
+    request_deadline: float = 60.0
+    #: every request of one run (one :class:`HttpClient`) with its retries and waits: a mirror
+    #: that trickles or keeps failing is given up within this much time spent on the network
+    run_deadline: float = 120.0
     sleep: Callable[[float], None] = field(default=time.sleep)
+    #: the clock the deadlines are measured with (monotonic; tests inject a fake one)
+    clock: Callable[[], float] = field(default=time.monotonic)
 
 
 DEFAULT_TUNING = Tuning()
@@ -360,6 +373,9 @@ class HttpClient:
         from requests.adapters import HTTPAdapter
 
         self.tuning = tuning
+        #: seconds this client has spent in :meth:`fetch` (retries and waits included), of
+        #: ``tuning.run_deadline``
+        self.spent = 0.0
         self.allow_insecure_http = allow_insecure_http
         self.verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
         announce_trust_store(ca_bundle)
@@ -390,15 +406,51 @@ class HttpClient:
         progress: Progress | None = None,
     ) -> Response:
         """GET ``url`` with retries. Returns 200/206 (body complete), 304, 404, 410 and 416;
-        anything else, or a failure after the last retry, raises ``network-error``."""
+        anything else, a failure after the last retry, or a deadline passed (see
+        :class:`Tuning`) raises ``network-error``."""
+        clock = self.tuning.clock
+        started = clock()
+        try:
+            return self._fetch(url, headers or {}, limit, what, stage, progress, started)
+        finally:
+            self.spent += max(0.0, clock() - started)
+
+    def _fetch(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        limit: int,
+        what: str,
+        stage: Callable[[], Staged] | None,
+        progress: Progress | None,
+        started: float,
+    ) -> Response:
         tuning = self.tuning
+        clock = tuning.clock
+        run_end = started + max(0.0, tuning.run_deadline - self.spent)
         attempts = tuning.retries + 1
         attempt = 0
+        received = 0
         failure = NetworkFailure("no attempt made", retryable=False)
         while attempt < attempts:
             attempt += 1
             try:
-                return self._attempt(url, headers or {}, limit, what, stage, progress)
+                return self._attempt(url, headers, limit, what, stage, progress, run_end)
+            except _DeadlinePassed as exc:
+                received += exc.received
+                if exc.run:
+                    failure = NetworkFailure(
+                        f"gave up after {tuning.run_deadline:g} s, the time one run may spend "
+                        f"on the network (the mirror sent {_size(received)} for this request "
+                        f"in {_seconds(clock() - started)} s)",
+                        retryable=False,
+                    )
+                else:
+                    failure = NetworkFailure(
+                        f"gave up after {tuning.request_deadline:g} s (the mirror sent "
+                        f"{_size(exc.received)} in that time)",
+                        retryable=True,
+                    )
             except NetworkFailure as exc:
                 failure = exc
             if not failure.retryable or attempt >= attempts:
@@ -414,6 +466,14 @@ class HttpClient:
                 delay = retry_after
             else:
                 delay = min(tuning.backoff * 2 ** (attempt - 1), tuning.max_backoff)
+            if clock() + delay >= run_end:
+                # Waiting would end past the run's deadline: say so now instead of sleeping.
+                failure = NetworkFailure(
+                    f"{failure.cause}; not retried: the next attempt would start after the "
+                    f"{tuning.run_deadline:g} s one run may spend on the network",
+                    retryable=False,
+                )
+                break
             tuning.sleep(delay)
         tries = f" (after {attempt} attempts)" if attempt > 1 else ""
         raise IOFailure(f"{redact(url)}: {failure.cause}{tries}", code="network-error")
@@ -426,21 +486,30 @@ class HttpClient:
         what: str,
         stage: Callable[[], Staged] | None,
         progress: Progress | None,
+        run_end: float,
     ) -> Response:
         import requests
 
+        tuning = self.tuning
+        start = tuning.clock()
+        end = min(start + tuning.request_deadline, run_end)
+        deadline = _Deadline(end, run=end >= run_end, clock=tuning.clock)
+        deadline.check(0)
         host = urlsplit(url).hostname or ""
+        left = deadline.left()
         try:
             resp = self.session.get(
                 url,
                 headers=dict(headers),
                 stream=True,
-                timeout=(self.tuning.connect_timeout, self.tuning.read_timeout),
+                # never longer than the time left, so a stall cannot outlast a deadline
+                timeout=(min(tuning.connect_timeout, left), min(tuning.read_timeout, left)),
                 verify=self.verify,
                 allow_redirects=True,
             )
         except (requests.RequestException, OSError, ValueError) as exc:
-            cause, retryable = describe(exc, self.tuning, host)
+            deadline.check(0, slack=_SLACK)
+            cause, retryable = describe(exc, tuning, host)
             raise NetworkFailure(cause, retryable=retryable) from exc
         with contextlib.closing(resp):
             if _is_plain_http(resp.url) and not self.allow_insecure_http:
@@ -463,7 +532,8 @@ class HttpClient:
                 raise NetworkFailure(f"HTTP {status} {reason}".rstrip(), retryable=False)
             staged = stage() if stage is not None and status == 200 else None
             try:
-                body = self._read_body(resp, limit, what, host, staged, progress)
+                with _Watchdog(_socket_of(resp), deadline.left()):
+                    body = self._read_body(resp, limit, what, host, staged, progress, deadline)
             except BaseException:
                 if staged is not None:
                     staged.discard()
@@ -478,6 +548,7 @@ class HttpClient:
         host: str,
         staged: Staged | None,
         progress: Progress | None,
+        deadline: _Deadline,
     ) -> bytes:
         import requests
 
@@ -493,6 +564,7 @@ class HttpClient:
         try:
             for chunk in resp.iter_content(self.tuning.chunk_size):
                 body += chunk
+                deadline.check(len(body))
                 if len(body) > limit:
                     raise NetworkFailure(f"the body is {too_big}", retryable=False)
                 if staged is not None:
@@ -500,6 +572,8 @@ class HttpClient:
                 if progress is not None:
                     progress(len(body), declared)
         except (requests.RequestException, OSError) as exc:
+            # The watchdog shut the socket, or a read timeout cut to the time left expired.
+            deadline.check(_received(exc, len(body)), slack=_SLACK)
             raise NetworkFailure(
                 _truncation(exc, len(body), declared, self.tuning, host), retryable=True
             ) from exc
@@ -510,22 +584,125 @@ class HttpClient:
         return bytes(body)
 
 
-def _truncation(
-    exc: BaseException, received: int, declared: int | None, tuning: Tuning, host: str
-) -> str:
-    """The cause for a body that broke off: how much came, and why it stopped when known."""
+#: A failure this close to a deadline is the deadline's doing (a socket timeout cut to the time
+#: left, or the watchdog's shutdown), not a fault of its own.
+_SLACK = 0.05
+
+
+class _DeadlinePassed(Exception):
+    """An attempt ran out of time; ``run`` when it was the run's deadline, not the request's."""
+
+    def __init__(self, *, run: bool, received: int):
+        super().__init__("deadline passed")
+        self.run = run
+        self.received = received
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """When the current attempt must be over, on ``clock``."""
+
+    end: float
+    run: bool
+    clock: Callable[[], float]
+
+    def left(self) -> float:
+        return max(0.0, self.end - self.clock())
+
+    def check(self, received: int, *, slack: float = 0.0) -> None:
+        if self.clock() >= self.end - slack:
+            raise _DeadlinePassed(run=self.run, received=received)
+
+
+def _socket_of(resp: requests.Response) -> socket.socket | None:
+    """The socket a streamed response reads from (the same attributes on urllib3 1.26 and 2.x),
+    or None when it cannot be found (then only the per-chunk check and the timeouts apply)."""
+    raw = resp.raw
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if not isinstance(sock, socket.socket):
+        # http.client's buffered reader over socket.SocketIO
+        sock = getattr(
+            getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None
+        )
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _Watchdog:
+    """Shuts ``sock`` down when ``seconds`` pass: a read of a 64 KiB chunk from a mirror that
+    trickles blocks until the chunk is full, far past any deadline checked between chunks."""
+
+    def __init__(self, sock: socket.socket | None, seconds: float):
+        import threading
+
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done or self._sock is None:
+                return
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, also for TLS: the SSL layer is busy in the
+                # reading thread; the reader then sees the end of the stream.
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        if self._sock is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _size(count: int) -> str:
+    """A byte count for people: "812 bytes", "1.2 kB", "3.4 MB"."""
+    if count < 1000:
+        return f"{count} byte" if count == 1 else f"{count} bytes"
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1_000_000:.1f} MB"
+
+
+def _incomplete(exc: BaseException) -> list[BaseException]:
     import http.client
 
     import urllib3.exceptions as u3
 
-    incomplete = [
+    return [
         e
         for e in _exception_chain(exc)
         if isinstance(e, u3.IncompleteRead | http.client.IncompleteRead)
     ]
-    if incomplete and isinstance(incomplete[0].partial, int):
-        # urllib3 2.x raises before handing over the partial chunk; it knows the count.
-        received = max(received, incomplete[0].partial)
+
+
+def _received(exc: BaseException, received: int) -> int:
+    """Body bytes that arrived, counting those of a chunk that broke off: urllib3 2.x raises
+    before handing the partial chunk over (it knows the count); http.client keeps the bytes."""
+    for e in _incomplete(exc):
+        partial = getattr(e, "partial", None)
+        if isinstance(partial, int):
+            received = max(received, partial)
+        elif isinstance(partial, bytes | bytearray):
+            received = max(received, len(partial))
+    return received
+
+
+def _truncation(
+    exc: BaseException, received: int, declared: int | None, tuning: Tuning, host: str
+) -> str:
+    """The cause for a body that broke off: how much came, and why it stopped when known."""
+    incomplete = _incomplete(exc)
+    received = _received(exc, received)
     cause = None if incomplete else describe(exc, tuning, host)[0]
     if cause == _CLOSED:
         cause = None  # "truncated" already says the connection ended early

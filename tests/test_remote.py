@@ -1365,3 +1365,213 @@ def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
     assert remote.trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
     env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
     assert remote.trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
+
+
+# --------------------------------------------------------------------------------------------
+# --verify of a mirror reports every image (issue 9 item 7)
+
+
+def verify_settings(server: MirrorServer, bundle: Path, tmp_path: Path) -> Settings:
+    return mirror_settings(
+        server, bundle, tmp_path, action="verify", extra_signers=trusted_signers()
+    )
+
+
+def _by_version(report: object) -> dict[str, dict[str, object]]:
+    return {e["version"]: e for e in report.doc["images"]}  # type: ignore[attr-defined]
+
+
+def _url_of(server: MirrorServer, version: str) -> str:
+    return server.url + blob(version).lstrip("/")
+
+
+def test_verify_of_a_mirror_reports_a_missing_image_and_checks_the_others(
+    mirror: MirrorServer,
+    bundle: Path,
+    tmp_path: Path,
+    tuning: Tuning,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tdxupdate.cli import run_action
+
+    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    mirror.remove(blob("1.5.08"))
+    report = run_action(verify_settings(mirror, bundle, tmp_path))
+    assert report.error is not None
+    assert (report.error.code, report.error.exit_code) == ("image-not-found", 66)
+    assert report.error.message == (
+        f"1 of 4 image(s) failed verification: {_url_of(mirror, '1.5.08')} (not found)"
+    )
+    entries = _by_version(report)
+    assert list(entries) == ["2.0.02", "1.5.09", "1.5.08", "1.5.06"]
+    missing = entries["1.5.08"]
+    assert missing["ok"] is False and missing["path"] == _url_of(mirror, "1.5.08")
+    checks = missing["checks"]
+    assert checks[0] == {  # type: ignore[index]
+        "name": "container",
+        "ok": False,
+        "detail": f"{_url_of(mirror, '1.5.08')}: HTTP 404 Not Found",
+    }
+    assert {c["detail"] for c in checks[1:]} == {  # type: ignore[index]
+        "not checked: the image could not be read"
+    }
+    assert all(entries[v]["ok"] for v in ("2.0.02", "1.5.09", "1.5.06"))
+
+
+def test_verify_precedence_a_bad_image_over_a_network_failure_over_a_missing_one(
+    mirror: MirrorServer,
+    bundle: Path,
+    tmp_path: Path,
+    tuning: Tuning,
+    images: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tdxupdate.cli import run_action
+
+    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    mirror.remove(blob("1.5.08"))
+    mirror.inject(blob("1.5.06"), *[Short(5000)] * 4)
+    report = run_action(verify_settings(mirror, bundle, tmp_path))
+    assert report.error is not None
+    assert (report.error.code, report.error.exit_code) == ("network-error", 74)
+    assert report.error.message == (
+        f"2 of 4 image(s) failed verification: {_url_of(mirror, '1.5.08')} (not found), "
+        f"{_url_of(mirror, '1.5.06')} (not fetched)"
+    )
+    fetched = _by_version(report)["1.5.06"]["checks"][0]  # type: ignore[index]
+    assert fetched["detail"].startswith(f"{_url_of(mirror, '1.5.06')}: body truncated")
+    assert _by_version(report)["2.0.02"]["ok"] is True
+
+    mirror.inject(blob("1.5.06"), *[Short(5000)] * 4)
+    mirror.inject(blob("1.5.09"), Body(images["1.5.06"]))  # served under another name
+    report = run_action(verify_settings(mirror, bundle, tmp_path / "no-cache"))
+    assert (report.error.code, report.error.exit_code) == ("image-invalid", 65)
+    assert len(report.doc["images"]) == 4
+    assert [e["ok"] for e in report.doc["images"]] == [True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("fault", "token", "code"),
+    [(Status(503), "network-error", 74), (Status(404), "mapping-not-found", 66)],
+    ids=["unfetchable", "missing"],
+)
+def test_verify_stops_when_the_mapping_cannot_be_had(
+    mirror: MirrorServer,
+    bundle: Path,
+    tmp_path: Path,
+    tuning: Tuning,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Status,
+    token: str,
+    code: int,
+) -> None:
+    from tdxupdate.cli import run_action
+
+    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    mirror.inject(MAPPING, *[fault] * 4)
+    report = run_action(verify_settings(mirror, bundle, tmp_path))
+    assert (report.error.code, report.error.exit_code) == (token, code)
+    assert report.doc["images"] == []
+    assert mirror.requests(suffix=".blob") == []
+
+
+def test_cli_verify_json_of_a_mirror_agrees_with_the_exit_status(
+    mirror: MirrorServer,
+    bundle: Path,
+    tmp_path: Path,
+    tuning: Tuning,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tdxupdate.cli import main
+
+    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    mirror.remove(blob("1.5.08"))
+    mirror.inject(blob("1.5.06"), *[Drop()] * 4)
+    keys = tmp_path / "keys"
+    keys.write_text("\n".join(sorted(trusted_signers())) + "\n")
+    argv = [
+        "--verify", "--repo", mirror.url, "--ca-bundle", str(bundle),
+        "--cache-dir", str(tmp_path / "cache"), "--trusted-keys", str(keys),
+        "--state-dir", str(tmp_path / "state"),
+    ]  # fmt: skip
+    assert main([*argv, "--json"]) == 74
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert (doc["ok"], doc["error"]["code"], doc["error"]["exit_code"]) == (
+        False,
+        "network-error",
+        74,
+    )
+    assert [e["ok"] for e in doc["images"]] == [True, True, False, False]
+    assert err.count("tdxupdate: 2 of 4 image(s) failed verification: ") == 1
+
+    mirror.inject(blob("1.5.06"), *[Drop()] * 4)
+    assert main(argv) == 74
+    out, err = capsys.readouterr()
+    assert "1.5.08" in out and "1.5.06" in out  # the text report lists every image
+    errors = [line for line in err.splitlines() if "failed verification" in line]
+    assert len(errors) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# A malformed URL on the command line or in the configuration file (issue 9 item 7)
+
+MALFORMED = "https://[::1/x"
+
+
+@pytest.mark.parametrize("action", ["--verify", "--list", "--update"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("where", ["argv", "config", "mapping"])
+def test_cli_a_malformed_url_is_a_usage_or_config_error_never_70(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+    as_json: bool,
+    where: str,
+) -> None:
+    from factories.hosts import build_host_tree
+
+    from tdxupdate.cli import main
+
+    monkeypatch.delenv("TDXUPDATE_CONFIG", raising=False)
+    monkeypatch.delenv("TDXUPDATE_REPO", raising=False)
+    sysroot = build_host_tree(tmp_path / "host", generation="G5", module="1.5.06", seamldr="1.5.00")
+    argv = [
+        action, "--sysroot", str(sysroot), "--state-dir", str(tmp_path / "state"),
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    conf = tmp_path / "tdxupdate.conf"
+    conf.write_text("# site policy\n")
+    if where == "argv":
+        argv += ["--repo", MALFORMED]
+        expected, token = 64, "usage"
+        line = f"tdxupdate: --repo {MALFORMED}: malformed URL ("
+    elif where == "mapping":
+        argv += ["--repo", str(tmp_path), "--mapping", MALFORMED]
+        expected, token = 64, "usage"
+        line = f"tdxupdate: --mapping {MALFORMED}: malformed URL ("
+    else:
+        conf.write_text(f'# site policy\nrepo = "{MALFORMED}"\n')
+        expected, token = 78, "config-invalid"
+        line = f'tdxupdate: {conf}:2: repo: malformed URL "{MALFORMED}" ('
+    argv += ["--config", str(conf)]
+    if as_json:
+        argv.append("--json")
+    assert main(argv) == expected
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0].startswith(line) and "malformed URL" not in "".join(lines[1:]), err
+    # --update adds its one-line summary for the journal; nothing else is said
+    summary = [f"tdxupdate: update: from=1.5.06 to=unknown result={token} exit_code={expected}"]
+    assert lines[1:] == (summary if action == "--update" and where != "config" else []), err
+    if as_json:
+        doc = json.loads(out)
+        assert (doc["ok"], doc["error"]["code"], doc["error"]["exit_code"]) == (
+            False,
+            token,
+            expected,
+        )
+    else:
+        assert out == ""
