@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http
+import logging
 import re
 import socket
 import ssl
@@ -70,6 +71,8 @@ from tdxupdate.cache import Cache, Entry, Staged, sha256_hex
 from tdxupdate.errors import IOFailure, NotFound, UsageError
 from tdxupdate.sources import ImageRef, LocalRepository, blob_relpath, local_path
 from tdxupdate.versions import Version
+
+_LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests
@@ -520,6 +523,14 @@ class HttpClient:
                 )
             status = resp.status_code
             reason = _reason(status, resp.reason)
+            _LOG.debug(
+                "GET %s%s: HTTP %d %s, %s bytes announced",
+                redact(url),
+                f" ({', '.join(f'{k}: {v}' for k, v in headers.items())})" if headers else "",
+                status,
+                reason,
+                _log.remote_text(resp.headers.get("Content-Length", "no length")),
+            )
             if status in RETRY_STATUSES:
                 raise NetworkFailure(
                     f"HTTP {status} {reason}".rstrip(),

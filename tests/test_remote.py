@@ -1575,3 +1575,35 @@ def test_cli_a_malformed_url_is_a_usage_or_config_error_never_70(
         )
     else:
         assert out == ""
+
+
+def test_vv_logs_every_request_and_its_answer(
+    mirror: MirrorServer,
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``-vv``: each GET with the headers sent (a Range for a listing) and the answer, the URL
+    without credentials, the server's words made safe (issue 9 item 19)."""
+    from factories.hosts import build_host_tree
+
+    from tdxupdate.cli import main
+
+    sysroot = build_host_tree(tmp_path / "host", generation="G5", module="1.5.06", seamldr="1.5.00")
+    keys = tmp_path / "keys"
+    keys.write_text("\n".join(sorted(trusted_signers())) + "\n")
+    argv = [
+        "--list", "-vv", "--sysroot", str(sysroot), "--repo", mirror.url,
+        "--ca-bundle", str(bundle), "--cache-dir", str(tmp_path / "cache"),
+        "--trusted-keys", str(keys),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    gets = [line for line in err if line.startswith("tdxupdate: debug: GET ")]
+    assert f"tdxupdate: debug: GET {mirror.url.rstrip('/')}{MAPPING}: HTTP 200 OK" in "\n".join(
+        gets
+    )
+    ranged = [line for line in gets if "(Range: bytes=0-" in line and blob(NEWEST) in line]
+    assert ranged and "HTTP 206" in ranged[0]
+    assert main([a for a in argv if a != "-vv"]) == 0
+    assert "debug:" not in capsys.readouterr().err
