@@ -22,6 +22,9 @@ Rules that keep a bad byte out:
   verify, image-formats.md §4.1–§4.3); this module only guarantees that what comes back out is
   byte-for-byte what went in.
 * An unreadable or inconsistent index entry is treated as absent: the cost is one download.
+* The cache directory and everything in it go through :mod:`tdxupdate.safedir` (issue 9, item
+  12): a directory others can write is refused, a symbolic link inside is never followed, and
+  a file not owned by root (or this user), or writable by others, is deleted, never served.
 
 Nothing here imports ``requests``.
 """
@@ -33,14 +36,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tdxupdate import safedir
 from tdxupdate.errors import from_oserror
+from tdxupdate.safedir import SafeDir
 
 #: Kinds of content in the store, each its own directory.
 KINDS = ("mappings", "heads", "images")
@@ -118,17 +122,46 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
 
 
 class Cache:
-    """A content-addressed store plus a per-URL index under ``root``."""
+    """A content-addressed store plus a per-URL index under ``root``.
+
+    Every directory and file is reached through :mod:`tdxupdate.safedir`: the cache directory
+    is created 0755 and refused (``permission-denied``) when someone else could write it, no
+    symbolic link inside it is followed, and a stored file that is not a regular file owned by
+    root (or this user) and writable by nobody else is treated as corrupt: deleted, never used.
+    """
 
     def __init__(self, root: Path, *, clock: Callable[[], float] = time.time):
         self.root = root
         self.clock = clock
-        try:
-            for sub in ("index", *(f"{kind}/sha256" for kind in KINDS)):
-                (root / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise from_oserror(exc, str(root)) from exc
+        with self._open() as top:
+            for sub in ("index", *KINDS):
+                with self._sub(top, sub) as child:
+                    if sub != "index":
+                        self._sub(child, "sha256").close()
         self._sweep()
+
+    # --- directories --------------------------------------------------------------------------
+
+    def _open(self) -> SafeDir:
+        try:
+            return safedir.open_dir(self.root, "cache directory")
+        except OSError as exc:
+            raise from_oserror(exc, str(self.root)) from exc
+
+    @staticmethod
+    def _sub(parent: SafeDir, name: str) -> SafeDir:
+        try:
+            return parent.subdir(name)
+        except OSError as exc:
+            raise from_oserror(exc, str(parent.path / name)) from exc
+
+    def _dir(self, kind: str) -> SafeDir:
+        """The open directory of ``kind`` (``index`` or one of :data:`KINDS`)."""
+        with self._open() as top:
+            if kind == "index":
+                return self._sub(top, "index")
+            with self._sub(top, kind) as middle:
+                return self._sub(middle, "sha256")
 
     # --- content ----------------------------------------------------------------------------
 
@@ -142,18 +175,15 @@ class Cache:
         if digest is None:
             return None
         path = self.path(kind, digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise from_oserror(exc, str(path)) from exc
-        if sha256_hex(data) != digest:
-            # Bit rot, a truncating disk-full, a hand edit: never serve it, fetch it again.
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return None
-        return data
+        with self._dir(kind) as directory:
+            data = _read_trusted(directory, digest, path)
+            if data is not None and sha256_hex(data) == digest:
+                return data
+            if data is not None:
+                # Bit rot, a truncating disk-full, a hand edit: never serve it, fetch it again.
+                with contextlib.suppress(OSError):
+                    directory.unlink(digest)
+        return None
 
     def store(self, kind: str, data: bytes | bytearray | memoryview) -> str:
         """Store ``data`` under its digest (atomically) and return the digest."""
@@ -165,12 +195,16 @@ class Cache:
         """A temporary file in the ``kind`` store: the caller commits or discards it."""
         if kind not in KINDS:
             raise ValueError(f"bad cache kind {kind}")
-        directory = self.root / kind / "sha256"
+        directory = self._dir(kind)
         try:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX)
+            fd, name = directory.mkstemp(_TEMP_PREFIX)
         except OSError as exc:
-            raise from_oserror(exc, str(directory)) from exc
-        return Staged(fd, Path(name), directory)
+            directory.close()
+            raise from_oserror(exc, str(directory.path)) from exc
+        except BaseException:
+            directory.close()
+            raise
+        return Staged(fd, name, directory)
 
     @contextlib.contextmanager
     def staging(self, kind: str) -> Iterator[Staged]:
@@ -183,35 +217,40 @@ class Cache:
 
     # --- index ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _index_name(url: str) -> str:
+        return f"{sha256_hex(url.encode())}.json"
+
     def _index_path(self, url: str) -> Path:
-        return self.root / "index" / f"{sha256_hex(url.encode())}.json"
+        return self.root / "index" / self._index_name(url)
 
     def entry(self, url: str) -> Entry | None:
-        path = self._index_path(url)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise from_oserror(exc, str(path)) from exc
-        try:
-            found = Entry.from_json(json.loads(raw))
-        except (ValueError, UnicodeDecodeError):
-            found = None
-        if found is None or found.url != url:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return None
-        return found
+        name = self._index_name(url)
+        with self._dir("index") as directory:
+            raw = _read_trusted(directory, name, self._index_path(url))
+            if raw is None:
+                return None
+            try:
+                found = Entry.from_json(json.loads(raw))
+            except (ValueError, UnicodeDecodeError):
+                found = None
+            if found is None or found.url != url:
+                with contextlib.suppress(OSError):
+                    directory.unlink(name)
+                return None
+            return found
 
     def put_entry(self, entry: Entry) -> None:
-        path = self._index_path(entry.url)
         data = json.dumps(entry.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write(path, data)
+        with self._dir("index") as directory:
+            _atomic_write(directory, self._index_name(entry.url), data)
 
     def drop_entry(self, url: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._index_path(url).unlink()
+        with self._dir("index") as directory:
+            try:
+                directory.unlink(self._index_name(url))
+            except OSError as exc:
+                raise from_oserror(exc, str(self._index_path(url))) from exc
 
     def touch(self, entry: Entry) -> Entry:
         """Record that the mirror just confirmed ``entry`` (a 304)."""
@@ -224,23 +263,39 @@ class Cache:
     def _sweep(self) -> None:
         """Remove temporary files left by killed runs (old enough not to be a live download)."""
         cutoff = self.clock() - STALE_TEMP_AGE
-        for directory in (self.root / "index", *(self.root / k / "sha256" for k in KINDS)):
-            with contextlib.suppress(OSError):
-                for child in directory.iterdir():
-                    if child.name.startswith(_TEMP_PREFIX):
+        for kind in ("index", *KINDS):
+            with self._dir(kind) as directory, contextlib.suppress(OSError):
+                for name in directory.names():
+                    if name.startswith(_TEMP_PREFIX):
                         with contextlib.suppress(OSError):
-                            if child.stat().st_mtime < cutoff:
-                                child.unlink()
+                            if directory.lstat(name).st_mtime < cutoff:
+                                directory.unlink(name)
+
+
+def _read_trusted(directory: SafeDir, name: str, path: Path) -> bytes | None:
+    """``name``'s bytes, or None when it is absent or not a file this cache could have written
+    (a symbolic link, not a regular file, someone else's, writable by others): such a file is
+    removed, never used."""
+    try:
+        return directory.read(name, trusted=True)
+    except safedir.UnsafePath:
+        with contextlib.suppress(OSError):
+            directory.unlink(name)
+        return None
+    except OSError as exc:
+        raise from_oserror(exc, str(path)) from exc
 
 
 class Staged:
     """A temporary file being filled; :meth:`commit` renames it to its digest."""
 
-    def __init__(self, fd: int, path: Path, directory: Path):
+    def __init__(self, fd: int, name: str, directory: SafeDir):
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
-        self.path = path
-        self.directory = directory
+        self._name = name
+        self._dir = directory
+        self.path = directory.path / name
+        self.directory = directory.path
         self.size = 0
         self.committed: Path | None = None
 
@@ -264,11 +319,12 @@ class Staged:
             os.fchmod(self._file.fileno(), 0o644)
             os.fsync(self._file.fileno())
             self._file.close()
-            os.replace(self.path, final)
-            _fsync_dir(self.directory)
+            self._dir.replace(self._name, digest)
+            self._dir.fsync()
         except OSError as exc:
             raise from_oserror(exc, str(final)) from exc
         self.committed = final
+        self._dir.close()
         return digest
 
     def discard(self) -> None:
@@ -276,38 +332,32 @@ class Staged:
             return
         with contextlib.suppress(OSError):
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with contextlib.suppress(OSError):
+            self._dir.unlink(self._name)
+        self._dir.close()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+def _atomic_write(directory: SafeDir, name: str, data: bytes) -> None:
+    """Write ``data`` as ``name`` in ``directory`` so that readers see the old file or the
+    new one, never a part (a symbolic link in its place is replaced, not followed)."""
+    path = directory.path / name
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
+        fd, tmp = directory.mkstemp(_TEMP_PREFIX)
     except OSError as exc:
-        raise from_oserror(exc, str(path.parent)) from exc
+        raise from_oserror(exc, str(directory.path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), 0o644)
             os.fsync(f.fileno())
-        os.replace(name, path)
-        _fsync_dir(path.parent)
+        directory.replace(tmp, name)
+        directory.fsync()
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        with contextlib.suppress(OSError):
+            directory.unlink(tmp)
         raise from_oserror(exc, str(path)) from exc
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        with contextlib.suppress(OSError):
+            directory.unlink(tmp)
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (the directory entry itself must reach the disk)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,7 +1,8 @@
 """Append-only record of every update attempt that wrote to the upload interface.
 
 Implements cli-contract.md §5: ``<state-dir>/history.jsonl``, one JSON object per line,
-appended with fsync. Records carry a record-format version from day one (architecture.md
+appended with fsync (through :mod:`tdxupdate.safedir`: never through a symbolic link, never in
+a directory others can write). Records carry a record-format version from day one (architecture.md
 convention 8); older formats are upgraded on load and kept as test fixtures.
 
 Record formats:
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tdxupdate import safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
 from tdxupdate.versions import Version
 
@@ -280,20 +282,14 @@ def _error(exc: OSError, path: Path, doing: str) -> TdxError:
     return IOFailure(f"{path}: cannot {doing} the update history: {exc.strerror or exc}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def append(state_dir: Path, record: HistoryRecord) -> None:
     """Append ``record`` as one line of ``<state_dir>/history.jsonl`` and fsync it.
 
-    Creates the state directory (0755) and the file (0644) when missing. Raises ValueError
-    for a record that breaks §5, :class:`PermissionDenied` or :class:`IOFailure` naming the
-    file when it cannot be written.
+    Creates the state directory (0755) and the file (0644) when missing, through
+    :mod:`tdxupdate.safedir`: an unsafe state directory, or a symbolic link or other
+    non-regular file in place of the history, is refused (:class:`PermissionDenied`) and
+    never written through. Raises ValueError for a record that breaks §5,
+    :class:`PermissionDenied` or :class:`IOFailure` naming the file when it cannot be written.
     """
     problems = record.problems()
     if problems:
@@ -302,52 +298,61 @@ def append(state_dir: Path, record: HistoryRecord) -> None:
     state_dir = Path(state_dir)
     path = state_dir / HISTORY_FILE
     try:
-        if not state_dir.is_dir():
-            state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-            _fsync_dir(state_dir.parent)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        directory = safedir.open_dir(state_dir, "state directory")
+    except OSError as exc:
+        raise _error(exc, path, "write") from exc
+    with directory:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
         try:
-            fd = os.open(path, flags | os.O_EXCL, 0o644)
-            created = True
-        except FileExistsError:
-            fd = os.open(path, flags, 0o644)
-            created = False
-    except OSError as exc:
-        raise _error(exc, path, "write") from exc
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # The previous writer died mid-line: fence its fragment off so this record
-            # starts on a line of its own. Still a single write, so it cannot interleave.
-            line = b"\n" + line
-        written = os.write(fd, line)
-        if written != len(line):
-            raise IOFailure(
-                f"{path}: cannot write the update history: short write ({written} of "
-                f"{len(line)} bytes; is the disk full?)"
-            )
-        os.fsync(fd)
-        if created:
-            _fsync_dir(state_dir)
-    except OSError as exc:
-        raise _error(exc, path, "write") from exc
-    finally:
-        os.close(fd)
+            try:
+                fd = directory.open(HISTORY_FILE, flags | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd = directory.open(HISTORY_FILE, flags, 0o644)
+                created = False
+            if created:
+                os.fchmod(fd, 0o644)  # the umask applied to the mode given to open
+        except OSError as exc:
+            raise _error(exc, path, "write") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # The previous writer died mid-line: fence its fragment off so this record
+                # starts on a line of its own. Still a single write, so it cannot interleave.
+                line = b"\n" + line
+            written = os.write(fd, line)
+            if written != len(line):
+                raise IOFailure(
+                    f"{path}: cannot write the update history: short write ({written} of "
+                    f"{len(line)} bytes; is the disk full?)"
+                )
+            os.fsync(fd)
+            if created:
+                directory.fsync()
+        except OSError as exc:
+            raise _error(exc, path, "write") from exc
+        finally:
+            os.close(fd)
 
 
 def load(state_dir: Path) -> LoadResult:
     """Every readable record of ``<state_dir>/history.jsonl``, oldest first.
 
-    A missing file (or state directory) is an empty history. Lines that are not records are
-    skipped and returned in ``skipped``; blank lines are ignored.
+    A missing file (or state directory) is an empty history; an unsafe state directory or a
+    history that is a symbolic link is refused as :func:`append` refuses it. Lines that are
+    not records are skipped and returned in ``skipped``; blank lines are ignored.
     """
     path = history_path(state_dir)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return LoadResult([], [])
+        directory = safedir.open_existing(Path(state_dir), "state directory")
+        if directory is None:
+            return LoadResult([], [])
+        with directory:
+            raw = directory.read(HISTORY_FILE)
     except OSError as exc:
         raise _error(exc, path, "read") from exc
+    if raw is None:
+        return LoadResult([], [])
     records: list[HistoryRecord] = []
     skipped: list[SkippedLine] = []
     lines = raw.split(b"\n")

@@ -12,11 +12,11 @@ import errno
 import fcntl
 import hashlib
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from tdxupdate import safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, TryLater
 
 __all__ = ["HOST_LOCK_DIR", "LOCK_FILE", "Lock", "acquire", "acquire_host", "host_lock_path"]
@@ -90,14 +90,17 @@ def _holder(fd: int) -> str:
 def acquire(state_dir: Path) -> Lock:
     """Take ``<state_dir>/lock`` without waiting (creating the directory, 0755, when missing).
 
+    The directory and the file go through :mod:`tdxupdate.safedir`: an unsafe state directory
+    or a symbolic link in place of the lock is refused (``permission-denied``), never followed.
+
     Raises :class:`TryLater` (``locked``) naming the holder's pid when another process holds
     it, :class:`PermissionDenied`/:class:`IOFailure` naming the file when it cannot be opened.
     """
     state_dir = Path(state_dir)
     path = state_dir / LOCK_FILE
     try:
-        state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with safedir.open_dir(state_dir, "state directory") as directory:
+            fd = _open_lock(directory, 0o644)
     except OSError as exc:
         raise _error(exc, path, "open") from exc
     return _take(
@@ -113,40 +116,17 @@ def host_lock_path(upload_dir: Path) -> Path:
     return HOST_LOCK_DIR / f"upload-{key}.lock"
 
 
-def _private_dir(path: Path) -> None:
-    """Create ``path`` 0700, or accept it only when it is a real directory owned by us (or
-    root) that nobody else can write."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise _error(exc, path, "create the directory of") from exc
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise _error(exc, path, "inspect the directory of") from exc
-    if (
-        not stat.S_ISDIR(st.st_mode)
-        or st.st_uid not in (0, os.geteuid())
-        or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    ):
-        raise PermissionDenied(
-            f"{path}: refusing the host lock directory: not a directory owned by root (or "
-            "this user) and writable by nobody else"
-        )
-
-
 def acquire_host(upload_dir: Path) -> Lock:
     """Take the host-wide lock of ``upload_dir`` (under :data:`HOST_LOCK_DIR`) without waiting.
 
-    Same errors as :func:`acquire`; the lock file is opened with O_NOFOLLOW, so a planted
-    symlink is refused instead of followed.
+    Same errors as :func:`acquire`; the directory is created 0700 and must be root's (or
+    this user's) and writable by nobody else, and a planted symlink in place of the lock file
+    is refused instead of followed (:mod:`tdxupdate.safedir`).
     """
     path = host_lock_path(upload_dir)
-    _private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        with safedir.open_dir(path.parent, "host lock directory", mode=0o700) as directory:
+            fd = _open_lock(directory, 0o600, name=path.name)
     except OSError as exc:
         raise _error(exc, path, "open") from exc
     return _take(
@@ -156,6 +136,23 @@ def acquire_host(upload_dir: Path) -> Lock:
             f"{upload_dir}: another tdxupdate ({holder}) is updating through this upload interface"
         ),
     )
+
+
+def _open_lock(directory: safedir.SafeDir, mode: int, *, name: str = LOCK_FILE) -> int:
+    """Open (or create, with exactly ``mode``) the lock file ``name`` in ``directory``.
+
+    Never through a symbolic link and never anything but a regular file: the holder
+    truncates and writes it."""
+    try:
+        fd = directory.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return directory.open(name, os.O_RDWR, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask applied to the mode given to open
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _take(path: Path, fd: int, busy: Callable[[str], str]) -> Lock:

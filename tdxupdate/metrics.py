@@ -18,11 +18,11 @@ import contextlib
 import errno
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tdxupdate import safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
 from tdxupdate.versions import try_parse
 
@@ -216,35 +216,43 @@ def _write_error(exc: OSError, path: Path) -> TdxError:
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix."""
+    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
+
+    The directory must exist and must not be writable by group or others (it may belong to
+    the exporter's user); the temporary file is created ``O_EXCL`` in it and renamed over
+    ``path`` through the directory's descriptor (:mod:`tdxupdate.safedir`), so a symbolic
+    link planted as ``path`` is replaced, never written through.
+    """
     path = Path(path)
-    directory = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        directory = safedir.open_existing(path.parent, "metrics directory", any_owner=True)
     except OSError as exc:
         raise _write_error(exc, path) from exc
-    try:
+    if directory is None:
+        raise _write_error(FileNotFoundError(errno.ENOENT, "No such file or directory"), path)
+    with directory:
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                # mkstemp creates 0600; the exporter runs as another user and must read it.
-                os.fchmod(out.fileno(), mode)
-                os.fsync(out.fileno())
-            os.replace(tmp_name, path)
+            fd, tmp_name = directory.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
         except OSError as exc:
             raise _write_error(exc, path) from exc
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # The rename is durable only once the directory entry is on disk.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    # Created 0600; the exporter runs as another user and must read it.
+                    os.fchmod(out.fileno(), mode)
+                    os.fsync(out.fileno())
+                directory.replace(tmp_name, path.name)
+            except OSError as exc:
+                raise _write_error(exc, path) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                directory.unlink(tmp_name)
+            raise
+        # The rename is durable only once the directory entry is on disk.
+        with contextlib.suppress(OSError):
+            directory.fsync()
 
 
 def write_textfile(

@@ -318,7 +318,8 @@ def test_append_permission_error_names_the_file(
     target = tmp_path / HISTORY_FILE
 
     def denying_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        if Path(os.fsdecode(path)) == target:
+        # opened relative to the state directory's descriptor (tdxupdate.safedir)
+        if Path(os.fsdecode(path)).name == HISTORY_FILE:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
@@ -337,10 +338,14 @@ def test_load_permission_error_names_the_file(
 ) -> None:
     append(tmp_path, record())
 
-    def denied(self: Path) -> bytes:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if Path(os.fsdecode(path)).name == HISTORY_FILE:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(PermissionDenied) as info:
         load(tmp_path)
     assert info.value.message.startswith(f"{tmp_path / HISTORY_FILE}: cannot read")

@@ -150,7 +150,8 @@ def test_permission_error_names_the_lock_file(
     target = tmp_path / LOCK_FILE
 
     def denying_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        if Path(os.fsdecode(path)) == target:
+        # opened relative to the state directory's descriptor (tdxupdate.safedir)
+        if Path(os.fsdecode(path)).name == LOCK_FILE:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_open(path, flags, mode, dir_fd=dir_fd)
 

@@ -327,7 +327,7 @@ def test_interrupted_write_removes_the_temp_file(
 ) -> None:
     target = tmp_path / "tdxupdate.prom"
 
-    def interrupted(src: str, dst: str) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(metrics.os, "replace", interrupted)
@@ -342,7 +342,7 @@ def test_read_only_file_system_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def read_only(*args: Any, **kwargs: Any) -> tuple[int, str]:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(metrics.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(metrics.safedir.SafeDir, "mkstemp", read_only)
     with pytest.raises(TdxError) as info:
         metrics.write_textfile(target, doc("status"), duration_s=0.1, now=NOW)
     assert info.value.message == (
