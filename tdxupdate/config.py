@@ -264,6 +264,11 @@ def parse_config(text: str, path: Path) -> dict[str, object]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(path, text, exc)]) from None
+    except RecursionError:
+        # tomllib parses arrays and inline tables recursively: `a = [[[[...` a few thousand
+        # deep (64 KiB allow 32,000) exhausts the interpreter's stack instead of failing.
+        problem = ConfigProblem(path, None, None, "invalid TOML: arrays or tables nested too deep")
+        raise ConfigError([problem]) from None
     problems: list[ConfigProblem] = []
     values: dict[str, object] = {}
     for key, raw in data.items():
