@@ -85,6 +85,7 @@ def test_a_file_at_the_cap_is_read_and_one_byte_more_is_not(tmp_path: Path) -> N
     assert str(info.value) == f"{over}: larger than 1 MiB, not a mapping file"
 
 
+@pytest.mark.network
 def test_a_mirror_is_held_to_the_same_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
