@@ -14,10 +14,15 @@ same run (never as absolute thresholds, and never inside the test suite).
   update, against the wall time it waited (the poll schedule must cost next to nothing).
 * ``memory``   — peak RSS growth while verifying and converting one maximal image, against the
   image size.
+* ``mapping``  — peak Python allocation (tracemalloc) while loading the costliest mapping files
+  the loader's bounds let through, each at the 1 MiB cap (``tests/fuzz/shapes.py``), per byte
+  read, against the same figure for Intel's own file; and the same hostile shape with the
+  structural bounds switched off (what the size cap alone allowed), at a quarter of the cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -190,12 +195,63 @@ def bench_memory() -> None:
     )
 
 
+def _mapping_peak(data: bytes) -> tuple[int, float]:
+    import tracemalloc
+
+    from tdxupdate.catalog import parse_catalog
+    from tdxupdate.errors import DataError
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with contextlib.suppress(DataError):
+        parse_catalog(data, "bench.json")
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak, elapsed
+
+
+def bench_mapping() -> None:
+    from fuzz.shapes import WORST_CASES, worst_case
+
+    from tdxupdate import catalog
+
+    real = (ROOT / "mapping_samples" / "mapping_file.json").read_bytes()
+    _mapping_peak(real)  # jsonschema's import and the compiled schema are paid once, not per file
+    base, _ = _mapping_peak(real)
+    print(f"mapping: Intel's file, {len(real)} bytes: peak {base / len(real):.1f} bytes per byte")
+    for name in WORST_CASES:
+        data = worst_case(name)
+        peak, elapsed = _mapping_peak(data)
+        print(
+            f"  {name}: {len(data)} bytes, peak {peak / 1e6:.1f} MB = {peak / len(data):.1f} "
+            f"bytes per byte ({peak / len(data) / (base / len(real)):.2f}x Intel's file), "
+            f"{elapsed:.2f} s traced"
+        )
+    head = '{"Header":{"Version":"1.0"},"tdx_module_releases":['
+    size = catalog.MAX_MAPPING_SIZE // 4
+    data = (head + ",".join(["{}"] * ((size - len(head) - 2) // 3)) + "]}").encode()
+    bounded, _ = _mapping_peak(data)
+    real_check = catalog._check_counts
+    catalog._check_counts = lambda text, source: None  # type: ignore[assignment]
+    try:
+        unbounded, elapsed = _mapping_peak(data)
+    finally:
+        catalog._check_counts = real_check
+    print(
+        f"  {len(data)} bytes of {{}} releases: refused at {bounded / len(data):.1f} bytes per "
+        f"byte; without the structural bounds {unbounded / len(data):.0f} bytes per byte "
+        f"({unbounded / 1e6:.0f} MB, {elapsed:.1f} s traced)"
+    )
+
+
 BENCHES = {
     "verify": bench_verify,
     "convert": bench_convert,
     "list": bench_list,
     "watch": bench_watch,
     "memory": bench_memory,
+    "mapping": bench_mapping,
 }
 
 if __name__ == "__main__":

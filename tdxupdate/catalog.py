@@ -3,9 +3,12 @@
 Implements cli-contract.md §6 ("Mapping file rules") and the field table of reference-tool.md
 ("mapping_file.json"). Reading goes in stages, each failure one line naming the JSON path:
 
-1. decode: UTF-8 (a leading BOM is tolerated), at most :data:`MAX_MAPPING_SIZE` bytes;
-2. JSON: strict RFC 8259 (no NaN/Infinity), no key twice in one object, at most
-   :data:`MAX_DEPTH` levels of nesting;
+1. decode: UTF-8 (a leading BOM is tolerated), at most :data:`MAX_MAPPING_SIZE` bytes, then,
+   before the decoder builds anything, at most :data:`MAX_CONTAINERS` arrays and objects and
+   :data:`MAX_VALUES` values, counted from the text in one linear pass;
+2. JSON: strict RFC 8259 (no NaN/Infinity, no integer of more than 4300 digits), no key twice
+   in one object, at most :data:`MAX_DEPTH` levels of nesting, no string longer than
+   :data:`MAX_STRING` characters;
 3. ``Header.Version`` must start with ``1.`` (else ``mapping-unsupported``: a later format may
    change the release fields, so it is refused before the schema complains about them);
 4. the JSON Schema ``schemas/mapping.schema.json`` (draft 7; unknown fields allowed everywhere,
@@ -33,13 +36,28 @@ from typing import Any, NamedTuple, NoReturn
 from tdxupdate.errors import DataError, NotFound, from_oserror
 from tdxupdate.versions import Version
 
-#: Largest mapping file read. Intel's is 5.5 KiB; the cap keeps a wrong path (a device, a
-#: multi-gigabyte file) from exhausting memory.
-MAX_MAPPING_SIZE = 16 * 1024 * 1024
+#: Largest mapping file read, locally and from a mirror. Intel's largest is 5,539 bytes for 20
+#: releases (about 280 bytes each); 1 MiB holds some 3,700 releases of that shape, ~190x today's
+#: file. Below it, the bounds that follow keep the parsed document (and every message about it)
+#: to a few tens of bytes of Python objects per byte read (``python bench/run.py mapping``).
+MAX_MAPPING_SIZE = 1024 * 1024
 
 #: Deepest nesting accepted. Intel's file is 4 levels deep; the cap keeps hostile input from
 #: reaching Python's recursion limit in the JSON decoder, jsonschema or ``repr``.
 MAX_DEPTH = 64
+
+#: Most arrays and objects in one file. Intel's has 63 for 20 releases (about 3 each); a file
+#: of that shape at :data:`MAX_MAPPING_SIZE` has about 12,000. Counted before parsing: each is a
+#: Python container, and each malformed release costs jsonschema several errors.
+MAX_CONTAINERS = 16 * 1024
+
+#: Most values in one file, as its commas and brackets count them. Intel's has about 190 for
+#: 20 releases; a file of that shape at :data:`MAX_MAPPING_SIZE` has about 35,000.
+MAX_VALUES = 64 * 1024
+
+#: Longest string (a value or a field name), in characters. Intel's longest is its 60-character
+#: copyright line.
+MAX_STRING = 4096
 
 #: TDX_FEATURES0 bit 1: the module supports TD-preserving updates (reference-tool.md).
 TD_PRESERVING_BIT = 1
@@ -286,9 +304,36 @@ def _decode(data: bytes | bytearray | memoryview | str, source: str) -> str:
         ) from None
 
 
+#: A JSON string, or an unterminated one running to the end of the text. Every quote outside a
+#: string starts a match and no quantifier gives anything back, so one ``sub`` is linear
+#: whatever the quotes and backslashes (with a plain ``"..."`` pattern, each quote of an
+#: unterminated run would rescan to the end: quadratic).
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.S)
+
+
+def _check_counts(text: str, source: str) -> None:
+    """Refuse, before parsing, a text with more containers or values than a mapping file has.
+
+    For valid JSON the counts are exact (containers) or an upper bound (values: commas, plus
+    one per container, plus one); for invalid JSON they count at least what the decoder builds
+    before it stops at the first error.
+    """
+    bare = _STRING.sub("", text)  # what is left is punctuation, numbers and literals
+    containers = bare.count("[") + bare.count("{")
+    if containers > MAX_CONTAINERS:
+        raise DataError(
+            f"{source}: more than {MAX_CONTAINERS} arrays and objects ({containers}), "
+            "not a mapping file"
+        )
+    values = bare.count(",") + containers + 1
+    if values > MAX_VALUES:
+        raise DataError(f"{source}: more than {MAX_VALUES} values ({values}), not a mapping file")
+
+
 def _load_json(text: str, source: str) -> object:
     if not text.strip():
         raise DataError(f"{source}: empty, not a mapping file")
+    _check_counts(text, source)
     try:
         return json.loads(
             text,
@@ -309,11 +354,14 @@ def _load_json(text: str, source: str) -> object:
 
 
 def _structure_problems(doc: object) -> list[_Problem]:
-    """Duplicate keys and excessive nesting, found without recursion."""
+    """Duplicate keys, excessive nesting and overlong strings, found without recursion."""
     problems: list[_Problem] = []
     stack: list[tuple[object, tuple[PathItem, ...], tuple[int, ...]]] = [(doc, (), ())]
     while stack:
         node, path, order = stack.pop()
+        if isinstance(node, str) and len(node) > MAX_STRING:
+            text = f"a string of {len(node)} characters (at most {MAX_STRING})"
+            problems.append(_Problem(order, _short_path(path), text))
         if not isinstance(node, dict | list):
             continue
         if len(path) >= MAX_DEPTH:
@@ -328,6 +376,10 @@ def _structure_problems(doc: object) -> list[_Problem]:
             problems.append(_Problem(order, format_path(path), text))
         if isinstance(node, dict):
             for pos, (key, value) in enumerate(node.items()):
+                if len(key) > MAX_STRING:
+                    text = f"a field name of {len(key)} characters (at most {MAX_STRING})"
+                    problems.append(_Problem((*order, pos), _short_path(path), text))
+                    continue
                 stack.append((value, (*path, key), (*order, pos)))
         else:
             for pos, value in enumerate(node):

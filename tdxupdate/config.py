@@ -28,6 +28,7 @@ switches (action, ``dry_run``, ``json``).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -83,13 +84,20 @@ class _Bad(Exception):
     pass
 
 
+#: Characters json.dumps leaves alone that break a line (str.splitlines) or print as nothing.
+_LINE_BREAKING = re.compile("[\x7f\x85\u2028\u2029]")
+
+
 def _show(value: object) -> str:
     """A TOML value the way the administrator wrote it (roughly), for "got …" messages."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         text = value if len(value) <= 60 else value[:57] + "..."
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # A TOML basic string: control characters escaped, so the message stays one line.
+        return _LINE_BREAKING.sub(
+            lambda m: f"\\u{ord(m.group()):04x}", json.dumps(text, ensure_ascii=False)
+        )
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, dict):
@@ -264,6 +272,11 @@ def parse_config(text: str, path: Path) -> dict[str, object]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(path, text, exc)]) from None
+    except RecursionError:
+        # tomllib parses arrays and inline tables recursively: `a = [[[[...` a few thousand
+        # deep (64 KiB allow 32,000) exhausts the interpreter's stack instead of failing.
+        problem = ConfigProblem(path, None, None, "invalid TOML: arrays or tables nested too deep")
+        raise ConfigError([problem]) from None
     problems: list[ConfigProblem] = []
     values: dict[str, object] = {}
     for key, raw in data.items():

@@ -1,0 +1,1 @@
+"""Fuzz targets: the image parser, the mapping loader and the configuration loader."""
