@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 UNITS = REPO_ROOT / "contrib" / "systemd"
 SERVICE = UNITS / "tdxupdate.service"
 TIMER = UNITS / "tdxupdate.timer"
+BOOT = UNITS / "tdxupdate-boot.service"
 CRON = REPO_ROOT / "contrib" / "cron" / "tdxupdate"
 ADMIN_GUIDE = REPO_ROOT / "README.md"
 SHIPPED_EXEC = "/usr/bin/tdxupdate"
@@ -74,6 +75,11 @@ def installed(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         text.replace(f"ExecStart={SHIPPED_EXEC} ", f"ExecStart={wrapper} ")
     )
     shutil.copy(TIMER, units / TIMER.name)
+    boot = BOOT.read_text(encoding="utf-8")
+    assert boot.count(f"ExecStart=-{SHIPPED_EXEC} ") == 1
+    (units / BOOT.name).write_text(
+        boot.replace(f"ExecStart=-{SHIPPED_EXEC} ", f"ExecStart=-{wrapper} ")
+    )
     man8 = tmp_path / "man" / "man8"
     man8.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "man" / "tdxupdate.8", man8)
@@ -96,7 +102,7 @@ def verify(units: Path, env: dict[str, str], *names: str) -> subprocess.Complete
 
 def test_units_pass_systemd_analyze_verify(installed: tuple[Path, dict[str, str]]) -> None:
     units, env = installed
-    result = verify(units, env, SERVICE.name, TIMER.name)
+    result = verify(units, env, SERVICE.name, TIMER.name, BOOT.name)
     # verify exits 0 even for unknown keys; it only warns, so any output is a failure too.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -257,3 +263,87 @@ def test_cron_command_options_parse_with_the_real_cli() -> None:
     ctx = command.make_context("tdxupdate", argv[1:])
     assert ctx.params["a_update"] is not None
     assert ctx.params["quiet"] == 1
+
+
+# --- the boot unit (issue 10 §2) ---------------------------------------------------------------
+
+
+def test_boot_unit_runs_before_the_hypervisors_and_never_holds_them() -> None:
+    before = " ".join(values(BOOT, "Unit", "Before")).split()
+    assert {"libvirtd.service", "virtqemud.service"} <= set(before)
+    # Ordering only: a failed or skipped update must not stop a hypervisor from starting, and
+    # the unit must not pull in (or wait for) the network at boot.
+    for key in ("Requires", "Requisite", "BindsTo", "Wants", "PartOf"):
+        assert values(BOOT, "Unit", key) == [], key
+    after = " ".join(values(BOOT, "Unit", "After")).split()
+    assert "network-online.target" not in after and "network.target" not in after
+    assert "systemd-modules-load.service" in after
+    assert values(BOOT, "Install", "WantedBy") == ["multi-user.target"]
+
+
+def test_boot_unit_failure_is_logged_not_fatal_and_bounded() -> None:
+    [exec_start] = values(BOOT, "Service", "ExecStart")
+    assert exec_start.startswith("-")  # a failure does not fail the unit (nor degrade boot)
+    argv = shlex.split(exec_start[1:])
+    assert argv[0] == SHIPPED_EXEC
+    ctx = command.make_context("tdxupdate", argv[1:])
+    assert ctx.params["a_update"] is not None and ctx.params["offline"] is True
+    timeout = ctx.params["timeout"]
+    [start] = values(BOOT, "Service", "TimeoutStartSec")
+    m = re.fullmatch(r"(\d+)min", start)
+    assert m is not None, start
+    # the kernel's wait fits, and the hypervisors wait no more than a few minutes
+    assert timeout < int(m.group(1)) * 60 <= 10 * 60
+    assert values(BOOT, "Service", "Type") == ["oneshot"]
+
+
+def test_boot_unit_is_hardened_exactly_like_the_service() -> None:
+    def hardening(path: Path) -> list[tuple[str, str, str]]:
+        text = path.read_text(encoding="utf-8")
+        tail = text[text.index("# --- Hardening") :]
+        part = path.with_name("hardening-" + path.name)
+        try:
+            part.write_text("[Service]\n" + tail.split("[Install]")[0])
+            return directives(part)
+        finally:
+            part.unlink()
+
+    assert hardening(BOOT) == hardening(SERVICE)
+
+
+def _condition_script(sysroot: Path) -> list[str]:
+    """The ExecCondition= command as systemd runs it: "$$" is a literal "$", and the TDX host
+    path moved under ``sysroot``."""
+    [condition] = values(BOOT, "Service", "ExecCondition")
+    argv = shlex.split(condition.replace("$$", "$"))
+    return [a.replace("/sys/devices/faux/tdx_host", str(sysroot / "tdx_host")) for a in argv]
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_boot_unit_waits_for_the_tdx_host_device_then_skips(tmp_path: Path, present: bool) -> None:
+    if present:
+        (tmp_path / "tdx_host").mkdir()
+    [wait] = values(BOOT, "Service", "Environment")[:1]
+    assert wait == "TDX_HOST_WAIT=300"  # 30 s in tenths
+    result = subprocess.run(
+        _condition_script(tmp_path),
+        env={**os.environ, "TDX_HOST_WAIT": "3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # ExecCondition=: 0 runs the update, 1 skips the unit without failing it
+    assert result.returncode == (0 if present else 1), result.stderr
+    assert ("no TDX host device" in result.stdout) is not present
+
+
+def test_boot_unit_starts_the_update_when_the_device_appears_late(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _condition_script(tmp_path),
+        env={**os.environ, "TDX_HOST_WAIT": "600"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    (tmp_path / "tdx_host").mkdir()  # kvm_intel finished initialising TDX
+    assert proc.wait(timeout=60) == 0
