@@ -42,6 +42,10 @@ class Report:
     exit_code: int = 0
     #: prints a note as soon as it is known (text mode on a terminal or pipe); None: collect only
     live: Callable[[str], None] | None = None
+    #: shows a warning as soon as it is known, before any decision to write (text mode); the
+    #: tokens shown are in :attr:`shown` and are not repeated at the end
+    live_warn: Callable[[str], None] | None = None
+    shown: set[str] = field(default_factory=set)
 
     def note(self, line: str) -> None:
         """A step of the story told to people (``--update``: selected, verified, streamed…)."""
@@ -53,6 +57,9 @@ class Report:
         if token not in self.warnings:
             self.warnings.append(token)
             self.warning_text[token] = sentence
+            if self.live_warn is not None:
+                self.live_warn(sentence)
+                self.shown.add(token)
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

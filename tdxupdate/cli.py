@@ -375,6 +375,7 @@ def run_action(settings: Settings) -> Any:
     report = actions.Report(settings.action)
     if not settings.json and settings.verbosity >= 0:
         report.live = _echo
+        report.live_warn = _log.get_logger().warning
     try:
         if settings.action == "status":
             actions.run_status(settings, report)
@@ -440,7 +441,8 @@ def _emit(settings: Settings, report: Any) -> int:
             for line in render(report):
                 _echo(line)
         for token in warnings:
-            _log.get_logger().warning(report.warning_text[token])
+            if token not in report.shown:
+                _log.get_logger().warning(report.warning_text[token])
         if err is not None:
             _log.get_logger().error(err.message)
     return err.exit_code if err is not None else 0

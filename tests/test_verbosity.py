@@ -26,6 +26,7 @@ from tdxupdate.cli import main
 
 SPR = (0x806F8, 0xC06F0, 0xA06F0)
 UPDATE_VV = ("--update", "-vv")
+DRY_RUN = ("--update", "--dry-run")
 
 
 @pytest.fixture
@@ -130,3 +131,30 @@ def test_vv_shows_the_fw_upload_protocol(tmp_path: Path, sim_cache: Path) -> Non
     assert statuses and statuses[-1] == "idle"
     assert having(err, "preflight read again before the first write: the host is unchanged")
     assert having(err, "attempt 1 (success) recorded in ")
+
+
+@pytest.mark.fuse
+def test_warnings_show_before_the_plan_not_after_the_outcome(
+    tmp_path: Path, sim_cache: Path
+) -> None:
+    """The update-compatibility warning is read before anything is decided: at a terminal or in
+    a log it comes before the plan (issue 10 §1), and only once."""
+    require_fuse()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "sim").symlink_to(sim_cache)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tdxupdate", "--simulate", "--cache-dir", str(cache), *DRY_RUN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    warning = [i for i, ln in enumerate(lines) if "lacks update compatibility" in ln]
+    plan = [i for i, ln in enumerate(lines) if ln.startswith("dry run: would install")]
+    assert len(warning) == 1 and len(plan) == 1, lines
+    assert warning[0] < plan[0]
