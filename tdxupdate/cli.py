@@ -273,6 +273,29 @@ def _complete_profile(
     metavar="PATH",
     help="After the run, write a Prometheus node-exporter textfile here.",
 )
+@click.option(
+    "--pre-update-command",
+    "pre_update",
+    default=None,
+    metavar="CMD",
+    help="Shell command run after every check, before the first write; failing, it stops the "
+    "update (exit 75). [config pre_update]",
+)
+@click.option(
+    "--post-update-command",
+    "post_update",
+    default=None,
+    metavar="CMD",
+    help="Shell command run after the attempt, whatever its outcome. [config post_update]",
+)
+@click.option(
+    "--hook-timeout",
+    type=_Seconds(),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest run of each of those commands.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail; -vv shows tracebacks.")
 @click.option("-q", "--quiet", count=True, help="Less output.")
 @click.version_option(__version__, "--version", prog_name="tdxupdate")
@@ -328,6 +351,9 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         ca_bundle=opts["ca_bundle"],
         allow_insecure_http=opts["allow_insecure_http"],
         metrics_file=opts["metrics_file"],
+        pre_update=opts["pre_update"],
+        post_update=opts["post_update"],
+        hook_timeout=opts["hook_timeout"],
         verbosity=opts["verbose"] - opts["quiet"],
         interactive=sys.stderr.isatty(),
     )

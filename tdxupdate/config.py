@@ -164,6 +164,14 @@ def _path_list(value: object) -> tuple[Path, ...]:
     return tuple(paths)
 
 
+def _command(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a shell command line, got {_show(value)}")
+    if "\0" in value:
+        raise _Bad("a command line cannot contain a NUL character")
+    return value
+
+
 def _image_format(value: object) -> str:
     # TOML has hex integers, so `image_format = 0x200` is as natural as the string form.
     if isinstance(value, int) and not isinstance(value, bool) and value in (0x100, 0x200):
@@ -187,6 +195,9 @@ KEYS: dict[str, Callable[[object], object]] = {
     "allow_insecure_http": _boolean,
     "ca_bundle": _abs_path,
     "metrics_file": _abs_path,
+    "pre_update": _command,
+    "post_update": _command,
+    "hook_timeout": _seconds,
 }
 
 #: Settings a file must not set, and why (see the module docstring).

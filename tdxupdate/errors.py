@@ -41,6 +41,7 @@ EXIT_CODES: dict[str, int] = {
     "device-busy": 75,
     "cpus-offline": 75,
     "host-changed": 75,
+    "pre-update-failed": 75,
     "timeout": 75,
     "permission-denied": 77,
     "interrupted": 130,

@@ -61,6 +61,10 @@ RESULTS = frozenset(
         "timeout",
         "interrupted",
         "version-mismatch",
+        # no attempt: the configured pre_update command failed, so nothing was written
+        "pre-update-failed",
+        # after an attempt: the post_update command failed (the attempt has its own record)
+        "post-update-failed",
     }
 )
 
@@ -89,6 +93,8 @@ _OPTIONAL_FIELDS = (
     "signer",
     "seamsvn",
     "mrseam",
+    "pre_update",
+    "post_update",
 )
 _KNOWN_KEYS = frozenset((*_CORE_FIELDS, *_OPTIONAL_FIELDS, "format", "attempt"))
 
@@ -148,6 +154,9 @@ class HistoryRecord:
     signer: str | None = None
     seamsvn: str | None = None
     mrseam: str | None = None
+    #: the pre_update / post_update command's outcome (tdxupdate.hooks.HookResult.to_json)
+    pre_update: Mapping[str, Any] | None = None
+    post_update: Mapping[str, Any] | None = None
     #: Keys this version does not know (a newer writer's), kept so nothing is lost.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -194,8 +203,10 @@ class HistoryRecord:
             found.append(f"duration_s must be a number, got {type(self.duration_s).__name__}")
         if self.fatal is not None and not isinstance(self.fatal, bool):
             found.append(f"fatal must be true, false or null, got {type(self.fatal).__name__}")
-        if self.attempt not in (1, 2):
-            found.append(f"attempt must be 1 or 2, got {self.attempt!r}")
+        hook = self.result in ("pre-update-failed", "post-update-failed")
+        if self.attempt not in ((0,) if hook else (1, 2)):
+            want = "0 (a pre/post-update record)" if hook else "1 or 2"
+            found.append(f"attempt must be {want}, got {self.attempt!r}")
         return found
 
     def to_json(self) -> dict[str, Any]:

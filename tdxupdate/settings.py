@@ -48,6 +48,10 @@ class Settings:
     ca_bundle: Path | None = None
     allow_insecure_http: bool = False
     metrics_file: Path | None = None
+    #: shell commands around the first write (tdxupdate.hooks) and their time limit
+    pre_update: str | None = None
+    post_update: str | None = None
+    hook_timeout: float = 300.0
     verbosity: int = 0
     #: a terminal is watching (progress bars allowed)
     interactive: bool = False

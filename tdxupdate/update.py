@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tdxupdate import __version__, actions, history, lock, policy, signals, uploader
+from tdxupdate import __version__, actions, history, hooks, lock, policy, signals, uploader
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
@@ -278,20 +278,31 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
     uploader.require_upload_filesystem(facts.upload_dir)
-    with lock.acquire_host(facts.upload_dir) as host_lock, signals.holding() as deferred:
-        outcome = _attempts(
-            report,
-            settings,
-            facts,
-            verified,
-            formats,
-            selected.version,
-            view,
-            image_sha256,
-            remaining_before,
-            progress,
-            stale_loading=host_lock.holder_died,
-        )
+    with lock.acquire_host(facts.upload_dir) as host_lock:
+        hook_env = {
+            "TDXUPDATE_FROM": str(view.module_version),
+            "TDXUPDATE_TO": str(selected.version),
+            "TDXUPDATE_SYSROOT": str(settings.sysroot),
+        }
+        _pre_update(report, settings, hook_env, image_sha256)
+        outcome: Attempt | None = None
+        try:
+            with signals.holding() as deferred:
+                outcome = _attempts(
+                    report,
+                    settings,
+                    facts,
+                    verified,
+                    formats,
+                    selected.version,
+                    view,
+                    image_sha256,
+                    remaining_before,
+                    progress,
+                    stale_loading=host_lock.holder_died,
+                )
+        finally:
+            _post_update(report, settings, hook_env, image_sha256, outcome)
     if deferred:
         names = ", ".join(signal.Signals(s).name for s in deferred)
         report.warn(
@@ -300,6 +311,74 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             "history record first",
         )
     _finish(report, outcome, selected.version, remaining_before)
+
+
+def _pre_update(
+    report: actions.Report, settings: Settings, env: dict[str, str], image_sha256: str
+) -> None:
+    """The configured ``pre_update`` command; its failure stops the update, nothing written."""
+    if settings.pre_update is None:
+        return
+    report.note(f"Running the pre-update command (up to {settings.hook_timeout:g} s)")
+    result = hooks.run("pre-update", settings.pre_update, settings.hook_timeout, env)
+    report.doc["pre_update"] = result.to_json()
+    if result.ok:
+        report.note(f"The pre-update command succeeded in {result.duration_s:.1f} s")
+        return
+    message = f"{result.describe()}; nothing was written, the update did not start"
+    _record_hook(report, settings, env, image_sha256, "pre-update-failed", message)
+    raise TryLater(message, code="pre-update-failed")
+
+
+def _post_update(
+    report: actions.Report,
+    settings: Settings,
+    env: dict[str, str],
+    image_sha256: str,
+    outcome: Attempt | None,
+) -> None:
+    """The configured ``post_update`` command, after the attempt whatever it did (its failure
+    is a warning and a history record: the kernel's outcome stays the run's)."""
+    if settings.post_update is None:
+        return
+    result_token = outcome.outcome if outcome is not None else "error"
+    env = {**env, "TDXUPDATE_RESULT": result_token}
+    result = hooks.run("post-update", settings.post_update, settings.hook_timeout, env)
+    report.doc["post_update"] = result.to_json()
+    if result.ok:
+        report.note(f"The post-update command succeeded in {result.duration_s:.1f} s")
+        return
+    message = f"{result.describe()} (after the attempt: {result_token})"
+    report.warn("post-update-failed", message)
+    _record_hook(report, settings, env, image_sha256, "post-update-failed", message)
+
+
+def _record_hook(
+    report: actions.Report,
+    settings: Settings,
+    env: dict[str, str],
+    image_sha256: str,
+    result: str,
+    message: str,
+) -> None:
+    record = history.HistoryRecord(
+        result=result,
+        time=now_rfc3339(),
+        from_version=env["TDXUPDATE_FROM"],
+        to_version=env["TDXUPDATE_TO"],
+        image_sha256=image_sha256,
+        tool_version=__version__,
+        attempt=0,
+        message=message,
+        pre_update=report.doc.get("pre_update"),
+        post_update=report.doc.get("post_update"),
+    )
+    try:
+        history.append(settings.state_dir, record)
+    except TdxError as exc:
+        report.warn(
+            "history-write-failed", f"the {result} history record was not written ({exc.message})"
+        )
 
 
 def _attempts(
@@ -550,6 +629,7 @@ def _record(
         signer=signer.signer,
         seamsvn=f"{signer.seamsvn:#06x}",
         mrseam=signer.seamhash.hex(),
+        pre_update=report.doc.get("pre_update"),
     )
     try:
         history.append(settings.state_dir, record)

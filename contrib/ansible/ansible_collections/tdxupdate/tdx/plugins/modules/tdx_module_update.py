@@ -64,8 +64,9 @@ options:
     default: false
   pre_update_command:
     description:
-      - Command tdxupdate runs before writing (the TD-launch fence hook), as
-        C(--pre-update-command). Needs a tdxupdate that has that option.
+      - Shell command tdxupdate runs after every check and before the first write (a
+        generic TD-launch fence), as C(--pre-update-command); if it fails nothing is
+        written and tdxupdate exits 75 (C(pre-update-failed)), which I(busy_retries) retries.
     type: str
   busy_retries:
     description: Retry this many times when tdxupdate exits 75 (try again later).
