@@ -284,3 +284,36 @@ def test_lost_module_on_the_canary_fails_distinctly_and_touches_no_other_host(
     fleet.play("fleet_report", "-e", f"tdxupdate_report_dir={out}")
     report = json.loads((out / "fleet-report.json").read_text())
     assert report["module_lost"] == ["h1"]
+
+
+def test_pre_update_command_runs_on_every_host_before_its_update(
+    fleet_factory: Any, tmp_path: Path
+) -> None:
+    """``tdxupdate_pre_update_command`` reaches tdxupdate as --pre-update-command (issue 10 §1):
+    it runs once per host, with the host's versions in its environment, before that host's
+    first write, and a host whose command fails is not written to."""
+    fleet = fleet_factory()
+    log = tmp_path / "pre-update.log"
+    h5 = fleet.hosts["h5"].sysroot
+    command = (
+        f'echo "$TDXUPDATE_SYSROOT $TDXUPDATE_FROM $TDXUPDATE_TO" >> {log}; '
+        f'test "$TDXUPDATE_SYSROOT" != "{h5}"'
+    )
+    run = fleet.play(
+        "rolling_update",
+        *rollout_args(
+            fleet, "-e", json.dumps({"tdxupdate_pre_update_command": command}),
+            "-e", "tdxupdate_busy_retries=0",
+        ),
+        check=False,
+    )  # fmt: skip
+    lines = sorted(log.read_text().splitlines())
+    ran = {line.split()[0] for line in lines}
+    assert all(line.split()[1:] == ["1.5.06", NEWEST] for line in lines), lines
+    # h5 is in the last batch: every host before and beside it ran the command and updated
+    assert str(h5) in ran
+    assert fleet.writes("h5") == 0 and fleet.version("h5") == "1.5.06"
+    assert "pre-update-failed" in run.output, run.output
+    for name in ("h1", "h2", "h3", "h4"):
+        assert str(fleet.hosts[name].sysroot) in ran
+        assert fleet.version(name) == NEWEST
