@@ -314,3 +314,43 @@ def test_a_stale_registration_left_by_a_crashed_launch_never_blocks_updates(
     doc = assert_ok(hook.tool("--update", "--json"))
     assert doc["to_version"] == TARGET
     assert hook.registered() == []
+
+
+# --- with the generic pre_update / post_update commands ------------------------------------------
+
+
+def launch_command(hook: Hook, name: str, tmp_path: Path) -> str:
+    """A shell command that starts TD ``name`` through the hook, as a pre/post command would."""
+    xml = tmp_path / f"{name}.xml"
+    xml.write_bytes(xml_of(TDX_XML, name))
+    return f"{HOOK} {name} prepare begin - < {xml}"
+
+
+def test_the_fence_is_already_held_while_the_pre_update_command_runs(
+    hook_for: Callable[..., Hook], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = hook_for("ml", wait=0.2)
+    for name, value in hook.env().items():
+        monkeypatch.setenv(name, value)
+    res = hook.tool("--update", "--json", "--pre-update-command",
+                    launch_command(hook, "td1", tmp_path))  # fmt: skip
+    doc = res.doc
+    assert res.code == 75 and doc["error"]["code"] == "pre-update-failed"
+    assert doc["pre_update"]["exit_code"] == 75  # the launch was refused: the fence was held
+    assert "a TDX module update is running; TD td1 was not started" in doc["pre_update"]["output"]
+    assert hook.registered() == []
+    assert hook.tool.host.state()["uploads"] == []
+
+
+def test_the_fence_is_released_before_the_post_update_command_runs(
+    hook_for: Callable[..., Hook], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = hook_for("ml", wait=0.2)
+    for name, value in hook.env().items():
+        monkeypatch.setenv(name, value)
+    doc = assert_ok(hook.tool("--update", "--json", "--post-update-command",
+                              launch_command(hook, "td1", tmp_path)))  # fmt: skip
+    assert doc["post_update"]["exit_code"] == 0  # TD launches resume once the update is confirmed
+    assert doc["to_version"] == TARGET
+    assert hook.registered() == ["td1"]
+    assert hook("td1", "started").returncode == 0
