@@ -32,8 +32,10 @@ holds ``LOCK_EX`` every registration ever made is visible in the directory, and 
 be made until it unlocks: an empty directory (after stale entries are dropped) means no TD
 build is in flight, and none starts, until the update is confirmed.
 
-A registration is *stale*, and is removed by the updater, when its ``expires`` time (UNIX
-seconds; the registrant's upper bound on a build, ``td_build_max``) has passed, or when it
+Times are seconds since boot (``CLOCK_BOOTTIME``, the first field of ``/proc/uptime``): a wall
+clock stepped forward during a build must not make a live registration stale, and /run starts
+empty at every boot. A registration is *stale*, and is removed by the updater, when its
+``expires`` time (the registrant's upper bound on a build, ``td_build_max``) has passed, or when it
 names a ``pid`` (a long-lived registrant, optional; ``pid_start`` is its start time in clock
 ticks, field 22 of /proc/PID/stat, against pid reuse) that no longer runs. A crashed registrant
 therefore never blocks updates forever, and the flock itself dies with the process holding it.
@@ -65,6 +67,7 @@ __all__ = [
     "Registration",
     "fence_dir",
     "hold",
+    "now",
     "register",
     "registrations",
     "unregister",
@@ -83,6 +86,11 @@ BUILD_PREFIX = "build-"
 _POLL = 0.1
 
 
+def now() -> float:
+    """The fence's clock: seconds since boot, suspend included (``/proc/uptime``)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 @dataclass(frozen=True)
 class Registration:
     """One ``build-<name>`` file as read."""
@@ -94,10 +102,11 @@ class Registration:
     pid: int | None = None
     pid_start: int | None = None
 
-    def stale(self, now: float) -> str | None:
-        """Why this registration no longer stands for a build in flight, or None."""
-        if now > self.expires:
-            return f"it expired {now - self.expires:.0f} s ago"
+    def stale(self, at: float) -> str | None:
+        """Why this registration no longer stands for a build in flight at ``at`` (the
+        fence's clock), or None."""
+        if at > self.expires:
+            return f"it expired {at - self.expires:.0f} s ago"
         if self.pid is not None and not _alive(self.pid, self.pid_start):
             return f"its process {self.pid} is gone"
         return None
@@ -269,8 +278,12 @@ def register(
                         f"started (waited {wait:g} s); try again once it has finished",
                         code="locked",
                     )
-            now = time.time()
-            doc: dict[str, object] = {"name": name, "started": now, "expires": now + max_build}
+            started = now()
+            doc: dict[str, object] = {
+                "name": name,
+                "started": started,
+                "expires": started + max_build,
+            }
             if pid is not None:
                 doc |= {"pid": pid, "pid_start": _start_time(pid)}
             file = _file_name(name)
@@ -323,10 +336,10 @@ class Fence:
 
     def live(self) -> list[Registration]:
         """The registrations that stand for a build in flight; stale ones are removed."""
-        now = time.time()
+        at = now()
         live = []
         for reg in _read_all(self._directory):
-            why = reg.stale(now)
+            why = reg.stale(at)
             if why is None:
                 live.append(reg)
                 continue

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def test_a_build_waiting_for_the_update_registers_once_it_is_released(
 
 def test_an_expired_registration_never_blocks(upload_dir: Path) -> None:
     fence.register(upload_dir, "td1", max_build=0.001)
-    wait_for(lambda: fence.registrations(upload_dir)[0].expires < time.time(), "expiry")
+    wait_for(lambda: fence.registrations(upload_dir)[0].expires < fence.now(), "expiry")
     with fence.hold(upload_dir, timeout=DEADLINE) as held:
         assert [name for name, _ in held.removed] == ["td1"]
         assert held.removed[0][1].startswith("it expired")
@@ -242,7 +241,7 @@ def test_a_td_build_registered_behind_the_fences_back_stops_the_first_write(
     with fence.hold(upload_dir, timeout=DEADLINE) as held:
         # a registrant that ignored the protocol's lock
         (fence.fence_dir(upload_dir) / "build-rogue").write_text(
-            json.dumps({"name": "rogue", "started": time.time(), "expires": time.time() + 60})
+            json.dumps({"name": "rogue", "started": fence.now(), "expires": fence.now() + 60})
         )
         with pytest.raises(TryLater) as caught:
             held.recheck()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +308,7 @@ def test_a_stale_registration_left_by_a_crashed_launch_never_blocks_updates(
 ) -> None:
     hook = hook_for("ml", max_build=0.001)
     assert hook("td1", "prepare").returncode == 0  # and libvirt never called started
-    wait_for(lambda: fence.registrations(hook.upload_dir)[0].expires < time.time(),
+    wait_for(lambda: fence.registrations(hook.upload_dir)[0].expires < fence.now(),
              "the registration to expire")  # fmt: skip
     doc = assert_ok(hook.tool("--update", "--json"))
     assert doc["to_version"] == TARGET
