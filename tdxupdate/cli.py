@@ -24,7 +24,13 @@ from tdxupdate import __version__
 from tdxupdate import log as _log
 from tdxupdate import signals as _signals
 from tdxupdate.errors import TdxError, UsageError
-from tdxupdate.settings import DEFAULT_REPO, DEFAULT_STATE_DIR, DEFAULT_TIMEOUT, Settings
+from tdxupdate.settings import (
+    DEFAULT_FENCE_TIMEOUT,
+    DEFAULT_REPO,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TIMEOUT,
+    Settings,
+)
 from tdxupdate.versions import Version
 
 ACTIONS = ("status", "list", "update", "verify", "history")
@@ -195,6 +201,14 @@ def _complete_profile(
     help="Longest wait for the kernel to finish an update (a finite number > 0).",
 )
 @click.option(
+    "--fence-timeout",
+    type=_Seconds(),
+    default=DEFAULT_FENCE_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for TD builds in progress to finish before an update writes.",
+)
+@click.option(
     "--state-dir",
     envvar="TDXUPDATE_STATE_DIR",
     type=click.Path(file_okay=False, path_type=Path),
@@ -342,6 +356,9 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         allow_reinstall=opts["allow_reinstall"],
         strict_compat=opts["strict_compat"],
         timeout=opts["timeout"],
+        fence_timeout=opts["fence_timeout"],
+        td_build_wait=opts.get("td_build_wait", Settings.td_build_wait),
+        td_build_max=opts.get("td_build_max", Settings.td_build_max),
         state_dir=opts["state_dir"],
         trusted_keys=tuple(opts["trusted_keys"]),
         cpu_signature=cpu,

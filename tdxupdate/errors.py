@@ -39,6 +39,7 @@ EXIT_CODES: dict[str, int] = {
     "locked": 75,
     "upload-busy": 75,
     "device-busy": 75,
+    "td-build-in-progress": 75,
     "cpus-offline": 75,
     "host-changed": 75,
     "pre-update-failed": 75,

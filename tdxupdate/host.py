@@ -435,20 +435,27 @@ class _Interface:
     num_remaining_updates: Path | None = None
 
 
-def _find_interface(sysroot: Sysroot, release: tuple[int, int] | None) -> _Interface:
-    """Steps 3–5 of kernel-abi.md §6, for a host whose tdx_host device exists."""
+def find_upload_dir(sysroot: Sysroot) -> tuple[str, Path] | None:
+    """The firmware name and upload directory of this host, or None (kernel-abi.md §6 step 3).
+
+    Reads nothing but directory entries: the libvirt hook calls it on every TD launch."""
     host = sysroot.path(TDX_HOST)
-    found = _Interface()
     for name in FIRMWARE_NAMES:
         # The class path is a symlink to the device path on a real host; a plain tree may hold
         # either one, and the class path is the one the kernel documents.
         for candidate in (sysroot.path(f"{CLASS_FIRMWARE}/{name}"), host / "firmware" / name):
             if _is_dir(candidate):
-                found.firmware_name = name
-                found.upload_dir = candidate
-                break
-        if found.upload_dir is not None:
-            break
+                return name, candidate
+    return None
+
+
+def _find_interface(sysroot: Sysroot, release: tuple[int, int] | None) -> _Interface:
+    """Steps 3–5 of kernel-abi.md §6, for a host whose tdx_host device exists."""
+    host = sysroot.path(TDX_HOST)
+    found = _Interface()
+    located = find_upload_dir(sysroot)
+    if located is not None:
+        found.firmware_name, found.upload_dir = located
 
     if _is_dir(host / "seamldr"):
         found.layout = SEAMLDR_DIR

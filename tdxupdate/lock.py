@@ -19,7 +19,15 @@ from types import TracebackType
 from tdxupdate import safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, TryLater
 
-__all__ = ["HOST_LOCK_DIR", "LOCK_FILE", "Lock", "acquire", "acquire_host", "host_lock_path"]
+__all__ = [
+    "HOST_LOCK_DIR",
+    "LOCK_FILE",
+    "Lock",
+    "acquire",
+    "acquire_host",
+    "host_lock_path",
+    "interface_key",
+]
 
 LOCK_FILE = "lock"
 #: Where the host-wide locks live: root's, and not movable by any option, so two runs with
@@ -108,12 +116,16 @@ def acquire(state_dir: Path) -> Lock:
     )
 
 
+def interface_key(upload_dir: Path) -> str:
+    """The key of one upload interface: a digest of its resolved path, so each emulated host
+    on a machine (tests, a fleet rehearsal) has its own, and every way of naming one interface
+    (a symlink, a sysroot prefix) meets the same key. The TD-build fence uses it too."""
+    return hashlib.sha256(os.path.realpath(upload_dir).encode()).hexdigest()[:32]
+
+
 def host_lock_path(upload_dir: Path) -> Path:
-    """The lock of one upload interface: keyed by its resolved path, so each emulated host on
-    a machine (tests, a fleet rehearsal) has its own, and every way of naming one interface
-    (a symlink, a sysroot prefix) meets the same lock."""
-    key = hashlib.sha256(os.path.realpath(upload_dir).encode()).hexdigest()[:32]
-    return HOST_LOCK_DIR / f"upload-{key}.lock"
+    """The lock of one upload interface (keyed by :func:`interface_key`)."""
+    return HOST_LOCK_DIR / f"upload-{interface_key(upload_dir)}.lock"
 
 
 def acquire_host(upload_dir: Path) -> Lock:

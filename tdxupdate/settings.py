@@ -11,6 +11,8 @@ from tdxupdate.versions import Version
 DEFAULT_REPO = "/usr/share/tdx-module-binaries"
 DEFAULT_STATE_DIR = Path("/var/lib/tdxupdate")
 DEFAULT_TIMEOUT = 300.0
+#: how long --update waits for TD builds in flight (tdxupdate.fence)
+DEFAULT_FENCE_TIMEOUT = 300.0
 
 
 def default_cache_dir() -> Path:
@@ -37,6 +39,12 @@ class Settings:
     allow_reinstall: bool = False
     strict_compat: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    #: ``--fence-timeout``: longest wait for TD builds in flight before an update
+    fence_timeout: float = DEFAULT_FENCE_TIMEOUT
+    #: the libvirt hook: longest wait at ``prepare`` for a running update (tdxupdate.fence)
+    td_build_wait: float = 120.0
+    #: the libvirt hook: a TD build registration is stale after this long
+    td_build_max: float = 600.0
     state_dir: Path = DEFAULT_STATE_DIR
     trusted_keys: tuple[Path, ...] = ()
     #: extra trusted signer fingerprints that do not come from a file (the emulator's key)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tdxupdate import __version__, actions, history, hooks, lock, policy, signals, uploader
+from tdxupdate import __version__, actions, fence, history, hooks, lock, policy, signals, uploader
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
@@ -100,6 +100,16 @@ def recheck_preflight(settings: Settings, before: _host.HostFacts) -> None:
             "written, run tdxupdate again",
             code="host-changed",
         )
+
+
+def _noting(report: actions.Report) -> Callable[[str], None]:
+    """A wait worth telling people about: a note, and a log line (seen with -v and --json)."""
+
+    def note(line: str) -> None:
+        report.note(line)
+        _LOG.info("%s", line)
+
+    return note
 
 
 def now_rfc3339() -> str:
@@ -284,25 +294,35 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             "TDXUPDATE_TO": str(selected.version),
             "TDXUPDATE_SYSROOT": str(settings.sysroot),
         }
-        _pre_update(report, settings, hook_env, image_sha256)
         outcome: Attempt | None = None
-        try:
-            with signals.holding() as deferred:
-                outcome = _attempts(
-                    report,
-                    settings,
-                    facts,
-                    verified,
-                    formats,
-                    selected.version,
-                    view,
-                    image_sha256,
-                    remaining_before,
-                    progress,
-                    stale_loading=host_lock.holder_died,
-                )
-        finally:
-            _post_update(report, settings, hook_env, image_sha256, outcome)
+        # The TD-build fence before the pre-update command, which stays the last step before
+        # the first write; taken before signals are held, so a signal while waiting for TD
+        # builds ends the run with nothing written, and the with statement releases it.
+        with fence.hold(
+            facts.upload_dir, timeout=settings.fence_timeout, on_wait=_noting(report)
+        ) as td_fence:
+            _fence_notes(report, td_fence)
+            _pre_update(report, settings, hook_env, image_sha256)
+            try:
+                with signals.holding() as deferred:
+                    outcome = _attempts(
+                        report,
+                        settings,
+                        facts,
+                        verified,
+                        formats,
+                        selected.version,
+                        view,
+                        image_sha256,
+                        remaining_before,
+                        progress,
+                        stale_loading=host_lock.holder_died,
+                        td_fence=td_fence,
+                    )
+            finally:
+                # TD launches may go on before the post-update command (which may start them)
+                td_fence.release()
+                _post_update(report, settings, hook_env, image_sha256, outcome)
     if deferred:
         names = ", ".join(signal.Signals(s).name for s in deferred)
         report.warn(
@@ -311,6 +331,16 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             "history record first",
         )
     _finish(report, outcome, selected.version, remaining_before)
+
+
+def _fence_notes(report: actions.Report, td_fence: fence.Fence) -> None:
+    for name, why in td_fence.removed:
+        report.note(f"Removed the stale TD build registration {name!r}: {why}")
+    if td_fence.waited_for:
+        report.note(
+            f"TD build(s) {', '.join(td_fence.waited_for)} finished; no TD build can start "
+            "until this update is confirmed"
+        )
 
 
 def _pre_update(
@@ -394,6 +424,7 @@ def _attempts(
     progress: ProgressFactory,
     *,
     stale_loading: bool = False,
+    td_fence: fence.Fence | None = None,
 ) -> Attempt:
     """Send the image (and, on a header refusal, once more in the other format); record each."""
     for attempt_no, fmt in enumerate(formats, start=1):
@@ -414,6 +445,7 @@ def _attempts(
             view.module_version,
             progress,
             stale_loading=stale_loading,
+            td_fence=td_fence,
         )
         report.doc["kernel_error"] = attempt.result.kernel_error if attempt.result else None
         _record(
@@ -459,8 +491,15 @@ def _attempt(
     progress: ProgressFactory,
     *,
     stale_loading: bool = False,
+    td_fence: fence.Fence | None = None,
 ) -> Attempt:
     assert facts.upload_dir is not None
+
+    def before_write() -> None:
+        if td_fence is not None:
+            td_fence.recheck()
+        recheck_preflight(settings, facts)
+
     report.note(
         f"Streaming {len(payload)} bytes (Format {_fmt_name(fmt)}); Ctrl-C aborts the upload "
         "until its last byte is committed"
@@ -472,7 +511,7 @@ def _attempt(
                 payload,
                 timeout=settings.timeout,
                 progress=tick,
-                before_write=lambda: recheck_preflight(settings, facts),
+                before_write=before_write,
                 stale_loading=stale_loading,
                 on_committed=lambda written: report.note(
                     f"Streamed {written} bytes to {facts.upload_dir}/data and committed them; "

@@ -19,6 +19,10 @@ changes nothing.
 ``{"idle_lag_ms": 300}``           delay between an upload's end and ``status`` idle
 ``{"trusted_signers": [FPR]}``     replace P-SEAMLDR's trusted signers
 ``{"debug_platform": true}``       P-SEAMLDR accepts debug-signed modules
+``{"td_build": "start", "name": N}``  a TD build of ``N`` starts (``"finish"``: it ends). An
+                                   update during a build answers ``device-busy`` on a guarded
+                                   kernel (v8–v10; v3–v7 with TDX_FEATURES0 bit 47) and
+                                   otherwise (mainline) corrupts the TD: ``corrupted_tds``
 ``{"reboot": true}``               the BIOS module and counter again (refused while busy)
 ``{"reset": true}``                as freshly mounted: reboot, mount-time settings and faults,
                                    no upload history, ``error`` empty (refused while busy)
@@ -88,6 +92,8 @@ def apply_command(k: SimKernel, command: Mapping[str, Any]) -> None:
     keys = list(command)
     if "times" in command and "fault" not in command:
         raise ValueError("control times: only valid together with fault")
+    if ("name" in command) != ("td_build" in command):
+        raise ValueError("control td_build: needs a name, and name goes with td_build only")
     for key in keys:
         value = command[key]
         if key == "fault":
@@ -101,8 +107,19 @@ def apply_command(k: SimKernel, command: Mapping[str, Any]) -> None:
                 if times == 0 or fault.kind not in UPLOAD_KINDS:
                     raise ValueError("control times: needs N >= 1 and an upload fault")
             actions.append(partial(k.add_fault, fault, times))
-        elif key == "times":
+        elif key in ("times", "name"):
             continue
+        elif key == "td_build":
+            name = command["name"]
+            if value not in ("start", "finish") or not isinstance(name, str) or not name:
+                raise ValueError(
+                    f'control td_build: expected "start" or "finish" and a name, got '
+                    f"{value!r}, {name!r}"
+                )
+            if (value == "start") == (name in k.td_builds):
+                state = "is already" if value == "start" else "is not"
+                raise ValueError(f"control td_build: TD {name!r} {state} being built")
+            actions.append(partial(k.td_build, value, name))
         elif key == "clear_faults":
             if _bool(value, key):
                 actions.append(k.clear_faults)

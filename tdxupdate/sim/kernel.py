@@ -82,6 +82,11 @@ _ERRNO_TOKENS: dict[str, dict[int, str]] = {
     "ml": {},
 }
 
+#: series whose shutdown always asks the module to refuse during a TD build (kernel-abi.md §3)
+_GUARD_SERIES = frozenset({"v8", "v9", "v10"})
+#: series that ask only when the running module has the feature (TDX_FEATURES0 bit 47)
+_GUARD_IF_COMPAT_SERIES = frozenset({"v3", "v4", "v5", "v6", "v7"})
+
 #: series whose driver honours ``cancel`` (kernel-abi.md §1: a no-op from v4 on)
 _CANCEL_SERIES = frozenset({"v1", "v2", "v3"})
 #: series whose kernel checks offline CPUs and the update limit itself (§3)
@@ -270,6 +275,14 @@ class TdxDriver:
         if self._fault("device-busy") is not None:
             reason = "TDH.SYS.SHUTDOWN refused: a TD build or migration is in progress"
             return self._errno(errno.EBUSY, reason), 0
+        building = k.building()
+        if building and k.guarded():
+            reason = f"TDH.SYS.SHUTDOWN refused: TD build(s) {', '.join(building)} in progress"
+            return self._errno(errno.EBUSY, reason), 0
+        if building:
+            # No guard (mainline, mainline-and-attestation.md §1): the shutdown goes ahead
+            # and the measurement of every TD being built is corrupted.
+            k._corrupt(building)
         # TDH.SYS.SHUTDOWN succeeded: the old module is gone, every failure is now fatal.
         request = InstallRequest(
             sigstruct_area=image.sigstruct_area,
@@ -333,6 +346,10 @@ class SimKernel:
         self._current_faults: tuple[Fault, ...] = ()
         self.control_error: str | None = None
         self.controls = 0
+        #: TDs being built now (control ``td_build``), and those whose build an update
+        #: corrupted, in order
+        self.td_builds: list[str] = []
+        self.corrupted_tds: list[str] = []
         for spec in config.faults:
             self.add_fault(parse_fault(spec))
         self._probe()
@@ -525,6 +542,41 @@ class SimKernel:
                 self.tdx_features = self._features_of(new)
             self.uploads[-1].to_version = str(new)
 
+    # --- TD builds --------------------------------------------------------------------------------
+
+    def guarded(self) -> bool:
+        """Whether this kernel's shutdown refuses while a TD build runs (EBUSY, kernel-abi.md
+        §3): v8–v10 always, v3–v7 when the module has Update Compatibility (bit 47), never
+        v1, v2 or mainline."""
+        if self.series in _GUARD_SERIES:
+            return True
+        return self.series in _GUARD_IF_COMPAT_SERIES and bool(
+            self.tdx_features & UPDATE_COMPAT_BIT
+        )
+
+    def building(self) -> list[str]:
+        with self.cond:
+            return list(self.td_builds)
+
+    def td_build(self, action: str, name: str) -> None:
+        """Control ``td_build``: a TD build of ``name`` starts or finishes."""
+        with self.cond:
+            if action == "start":
+                if name in self.td_builds:
+                    raise ValueError(f"control td_build: TD {name!r} is already being built")
+                self.td_builds.append(name)
+            else:
+                if name not in self.td_builds:
+                    raise ValueError(f"control td_build: TD {name!r} is not being built")
+                self.td_builds.remove(name)
+
+    def _corrupt(self, names: list[str]) -> None:
+        with self.cond:
+            for name in names:
+                if name not in self.corrupted_tds:
+                    self.corrupted_tds.append(name)
+            self._note(f"no TD-build guard: the update corrupted TD build(s) {', '.join(names)}")
+
     # --- faults and control ----------------------------------------------------------------------
 
     def add_fault(self, fault: Fault, times: int | None = None) -> None:
@@ -587,6 +639,8 @@ class SimKernel:
                 self.fw.reset()
             self._boot(self.config)
             self.uploads.clear()
+            self.td_builds.clear()
+            self.corrupted_tds.clear()
             self.received = b""
             self.cancel_pending = False
             self.control_error = None
@@ -646,6 +700,8 @@ class SimKernel:
                 "debug_platform": self.seamldr.debug_platform,
                 "mapping": None if self.config.mapping is None else str(self.config.mapping),
                 "controls": self.controls,
+                "td_builds": list(self.td_builds),
+                "corrupted_tds": list(self.corrupted_tds),
                 "control_error": self.control_error,
                 "received_size": len(self.received),
                 "received_sha256": hashlib.sha256(self.received).hexdigest()
