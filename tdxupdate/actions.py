@@ -184,8 +184,10 @@ def host_warnings(report: Report, facts: _host.HostFacts, catalog: Catalog | Non
         report.warn(
             "running-module-lacks-update-compat",
             f"the running module {facts.module_version} lacks update compatibility "
-            "(TDX_FEATURES0 bit 47): an update while a TD is being built can corrupt that TD's "
-            "attestation hash; update when no TD build is in progress",
+            "(TDX_FEATURES0 bit 47): an update while a TD is being built can break that TD and "
+            "corrupts its attestation hash; --update waits for TD builds registered in its fence "
+            "(the libvirt hook, pre_update) and keeps new ones out until it is confirmed, but "
+            "builds started any other way are not seen: update at boot or when none runs",
         )
 
 
