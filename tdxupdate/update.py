@@ -630,6 +630,10 @@ def _record(
         seamsvn=f"{signer.seamsvn:#06x}",
         mrseam=signer.seamhash.hex(),
         pre_update=report.doc.get("pre_update"),
+        # what the running module attested before: Intel's release table or its image
+        from_seamsvn=report.doc["host"].get("seamsvn"),
+        from_mrseam=report.doc["host"].get("mrseam"),
+        from_mrseam_prefix=report.doc["host"].get("mrseam_prefix"),
     )
     try:
         history.append(settings.state_dir, record)
