@@ -47,7 +47,7 @@ def render_identity(values: dict[str, Any], indent: str = "  ") -> list[str]:
         ]
     mrseam = values.get("mrseam")
     if mrseam is None and values.get("mrseam_prefix"):
-        mrseam = f"{values['mrseam_prefix']}… (only its first 8 digits are published)"
+        mrseam = f"{values['mrseam_prefix']}… (first 8 digits; the rest is not published)"
     lines = [
         f"{indent}module identity      {_fmt(values.get('module_identity'))}",
         f"{indent}SEAMSVN              {svn} (TEE_TCB_SVN2 major {values.get('seamsvn_major')}, "
@@ -109,7 +109,7 @@ def render_candidates(candidates: list[dict[str, Any]]) -> list[str]:
             details = c.get("details") or [REASON_WORDS.get(r, r) for r in c["reasons"]]
             whys = [_without_version(c["version"], d) for d in details]
         eligible = "yes" if c["eligible"] else "no"
-        svn = c.get("seamsvn") or "-"
+        svn = c.get("seamsvn") or "-"  # four digits: the width of the column
         mrseam = (c.get("mrseam") or "")[:8] or "-"
         if c["eligible"] and c.get("svn_gain") is False:
             whys[0] += " (no SVN gain: same SEAMSVN as the running module)"
