@@ -156,13 +156,14 @@ def render_history(records: list[dict[str, Any]]) -> list[str]:
             f"{r.get('remaining_after', '?')}"
         )
         if r.get("seamsvn") or r.get("from_seamsvn"):
+            # on the same line: one line per attempt, for grep
             before = r.get("from_mrseam") or r.get("from_mrseam_prefix")
             after = r.get("mrseam")
-            lines.append(
-                f"    SEAMSVN {r.get('from_seamsvn') or 'unknown'} -> "
-                f"{r.get('seamsvn') or 'unknown'}, "
-                f"MRSEAM {before[:16] if before else 'unknown'} -> "
-                f"{after[:16] if after else 'unknown'}"
+            lines[-1] += (
+                f"  SEAMSVN {r.get('from_seamsvn') or 'unknown'} -> "
+                f"{r.get('seamsvn') or 'unknown'}  "
+                f"MRSEAM {before[:8] if before else 'unknown'} -> "
+                f"{after[:8] if after else 'unknown'}"
             )
     return lines
 
@@ -196,6 +197,12 @@ def render(report: Report) -> list[str]:
     lines: list[str] = []
     if report.action == "status" and "host" in doc:
         lines += render_host(doc["host"])
+        tcb = doc.get("tcb")
+        if tcb:
+            lines.insert(
+                lines.index("Checks"),
+                f"  TCB status           {tcb.get('running') or 'not rated'} ({tcb['file']})",
+            )
     elif report.action == "list" and "candidates" in doc:
         host = doc.get("host", {})
         mrseam = host.get("mrseam") or host.get("mrseam_prefix")
