@@ -20,9 +20,12 @@ import pytest
 from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, module_bytes, test_key
 from factories.images import write_repo as _write_repo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tdxupdate import attestation
 from tdxupdate.cli import main
+from tdxupdate.config import ConfigError
 from tdxupdate.schemas import load_schema
 from tdxupdate.versions import Version
 
@@ -363,7 +366,7 @@ def test_a_malformed_allowlist_is_config_invalid_and_writes_nothing(
     assert (res.code, res.doc["error"]["code"]) == (78, "config-invalid")
     where = f"{allow}:{line}: " if line is not None else f"{allow}: "
     assert res.doc["error"]["message"].startswith(where) and words in res.doc["error"]["message"]
-    assert len([ln for ln in res.err.splitlines() if "error" in ln or where in ln]) == 1
+    assert res.err.splitlines() == [f"tdxupdate: {res.doc['error']['message']}"]  # one line
     assert not (tmp_path / "state").exists()  # no lock, no history
 
 
@@ -558,3 +561,59 @@ def test_an_update_records_and_says_what_running_tds_will_report(
     main(["--history", *argv])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.endswith(f"  SEAMSVN 0x0106 -> 0x010d  MRSEAM 5b38e33a -> {rec['mrseam'][:8]}")
+
+
+# --- robustness and usage -------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_allowlist_text_parses_or_is_a_config_error(text: str) -> None:
+    try:
+        parsed = attestation.parse_allowlist(text, Path("/etc/tdxupdate/allow"))
+    except ConfigError as exc:
+        assert exc.code == "config-invalid" and "\n" not in exc.message
+    else:
+        assert parsed.mrseams or parsed.min_seamsvn
+
+
+_KEYS = ["tcbInfo", "id", "tdxModuleIdentities", "tcbLevels", "tcb", "isvsvn", "tcbStatus",
+         "tdxModule", "fmspc"]  # fmt: skip
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 300) | st.sampled_from(["TDX", "TDX_01", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_any_json_parses_as_tcb_info_or_is_a_config_error(doc: object) -> None:
+    text = json.dumps(doc, indent=1)
+    try:
+        info = attestation.parse_tcb_info(text, Path("/etc/tdxupdate/tcb.json"))
+    except ConfigError as exc:
+        assert exc.code == "config-invalid"
+        assert all(p.line is None or 1 <= p.line <= text.count("\n") + 1 for p in exc.problems)
+    else:
+        for levels in info.identities.values():
+            assert [lv.isvsvn for lv in levels] == sorted(
+                (lv.isvsvn for lv in levels), reverse=True
+            )
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--reference-values", "--dry-run"], "--dry-run goes with --update only"),
+        (["--list", "--reference-values"], "choose one action, not --list and --reference-values"),
+    ],
+)
+def test_reference_values_is_an_action(
+    run: Callable[..., Result], argv: list[str], words: str
+) -> None:
+    res = run(*argv, "--json")
+    assert (res.code, res.doc["error"]["code"]) == (64, "usage")
+    assert words in res.doc["error"]["message"]
