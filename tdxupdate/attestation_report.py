@@ -58,7 +58,7 @@ def annotate(settings: Settings, report: Report) -> None:
     for c in [*(doc.get("candidates") or ()), doc.get("selected")]:
         if isinstance(c, dict):
             _annotate_candidate(c, running, tcb)
-    if tcb is not None:
+    if tcb is not None and "tcb" not in doc:
         doc["tcb"] = {
             "file": str(tcb.path),
             "fmspc": tcb.fmspc,
@@ -85,15 +85,14 @@ def _short(values: ModuleValues) -> str:
     return values.mrseam_text(16) if values.mrseam else values.mrseam_text()
 
 
-def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None) -> None:
-    doc = report.doc
+def _target(doc: dict[str, Any]) -> ModuleValues:
     selected = doc.get("selected")
-    target = (
-        candidate_values(selected)
-        if isinstance(selected, dict) and doc.get("to_version") == selected.get("version")
-        else ModuleValues(None)
-    )
-    gain = svn_gain(running, target) if target.version is not None else None
+    if isinstance(selected, dict) and doc.get("to_version") == selected.get("version"):
+        return candidate_values(selected)
+    return ModuleValues(None)
+
+
+def _set_update_keys(doc: dict[str, Any], running: ModuleValues, target: ModuleValues) -> None:
     doc.update(
         {
             "from_seamsvn": fmt_svn(running.seamsvn),
@@ -101,32 +100,50 @@ def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None)
             "from_mrseam_prefix": running.mrseam_prefix,
             "to_seamsvn": fmt_svn(target.seamsvn),
             "to_mrseam": target.mrseam,
-            "svn_gain": gain,
+            "svn_gain": svn_gain(running, target) if target.version is not None else None,
         }
     )
-    if "plan" not in doc or target.version is None:
-        return  # nothing was (or would be) installed
-    reinstall = target.version == running.version
+
+
+def before_install(settings: Settings, report: Report) -> None:
+    """``--update``, once the module to install is verified and before anything is written (a
+    dry run stops right after): what TDs will attest, and the warnings that say the update may
+    not be worth its cost (``no-svn-gain``) or will change verdicts (``td-relaunch-advised``)."""
+    doc = report.doc
+    host = doc.get("host")
+    if not isinstance(host, dict):
+        return
+    running, target = running_from_host(host), _target(doc)
+    if target.version is None:
+        return
+    _set_update_keys(doc, running, target)
     before_svn = fmt_svn(running.seamsvn) or "unknown"
     after_svn = fmt_svn(target.seamsvn) or "unknown"
+    tcb = settings.tcb_levels
     if tcb is not None:
+        running_status = tcb.status(running.seamsvn, running.version)
         target_status = tcb.status(target.seamsvn, target.version)
-        advised = relaunch_advised(doc["tcb"]["running"], target_status)
-        doc["tcb"].update({"target": target_status, "td_relaunch_advised": advised})
+        advised = relaunch_advised(running_status, target_status)
+        doc["tcb"] = {
+            "file": str(tcb.path),
+            "fmspc": tcb.fmspc,
+            "running": running_status,
+            "target": target_status,
+            "td_relaunch_advised": advised,
+        }
         report.note(
-            f"TCB ({tcb.path}): running SEAMSVN {before_svn} is "
-            f"{doc['tcb']['running'] or 'not rated'}, {target.version}'s {after_svn} is "
-            f"{target_status or 'not rated'}"
+            f"TCB ({tcb.path}): running SEAMSVN {before_svn} is {running_status or 'not rated'}, "
+            f"{target.version}'s {after_svn} is {target_status or 'not rated'}"
         )
         if advised:
             report.warn(
                 "td-relaunch-advised",
-                f"TDs launched under the running {running.version} (rated "
-                f"{doc['tcb']['running']}) will be rated TDRelaunchAdvised by Intel's quote "
-                f"verification once {target.version} runs; verifier policies that reject it "
-                "need those TDs relaunched",
+                f"TDs launched under the running {running.version} (rated {running_status}) "
+                f"will be rated TDRelaunchAdvised by Intel's quote verification once "
+                f"{target.version} runs; verifier policies that reject it need those TDs "
+                "relaunched",
             )
-    if gain is False and not reinstall:
+    if doc["svn_gain"] is False and target.version != running.version:
         same = target.seamsvn == running.seamsvn
         report.warn(
             "no-svn-gain",
@@ -135,20 +152,32 @@ def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None)
             "gain and changes MRSEAM for TDs launched from now on (update verifiers' "
             "allowlists first: tdxupdate --reference-values)",
         )
-    changed = bool(doc.get("changed"))
-    if doc.get("dry_run") or not changed:
-        if doc.get("dry_run"):
-            report.note(
-                f"Attestation: running TDs would report TEE_TCB_SVN2 {after_svn} (was "
-                f"{before_svn}) and keep TEE_TCB_SVN; TDs launched afterwards would measure "
-                f"MRSEAM {_short(target)} (was {_short(running)})"
+    would = "would " if settings.dry_run else "will "
+    report.note(
+        f"Attestation: running TDs {would}report TEE_TCB_SVN2 {after_svn} (now {before_svn}) "
+        f"and keep TEE_TCB_SVN; TDs launched afterwards {would}measure MRSEAM "
+        f"{_short(target)} (now {_short(running)})"
+    )
+
+
+def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None) -> None:
+    doc = report.doc
+    target = _target(doc)
+    if "svn_gain" not in doc:  # before_install did not run: nothing was (or would be) installed
+        _set_update_keys(doc, running, target)
+        if tcb is not None and target.version is not None:
+            doc["tcb"]["target"] = tcb.status(target.seamsvn, target.version)
+            doc["tcb"]["td_relaunch_advised"] = relaunch_advised(
+                doc["tcb"]["running"], doc["tcb"]["target"]
             )
+    if doc.get("dry_run") or not doc.get("changed") or target.version is None:
         return
+    before_svn = fmt_svn(running.seamsvn) or "unknown"
     report.note(
         f"Attestation: running TDs keep TEE_TCB_SVN (the module they launched under, "
         f"{before_svn} for TDs launched under {running.version}) and now report TEE_TCB_SVN2 "
-        f"{after_svn}; TDs launched from now on measure MRSEAM {_short(target)} "
-        f"(module identity {target.identity or 'unknown'})"
+        f"{fmt_svn(target.seamsvn) or 'unknown'}; TDs launched from now on measure MRSEAM "
+        f"{_short(target)} (module identity {target.identity or 'unknown'})"
     )
 
 

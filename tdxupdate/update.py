@@ -270,6 +270,10 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             f", retried once as Format {_fmt_name(formats[1])} if this kernel refuses the header"
         )
     report.doc["plan"] = f"install {plan}"
+    # what TDs will attest, and the no-svn-gain / td-relaunch-advised warnings, before any write
+    from tdxupdate import attestation_report
+
+    attestation_report.before_install(settings, report)
     if settings.dry_run:
         report.note(f"dry run: would install {plan}")
         return

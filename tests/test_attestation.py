@@ -247,7 +247,7 @@ def test_update_plan_carries_before_and_after_and_flags_no_svn_gain(
     assert doc["selected"]["module_identity"] == "TDX_01"
     assert any("brings no TCB gain" in ln for ln in res.err.splitlines())
     text = run("--update", "--dry-run", *args(tmp_path, "1.5.24", same_svn_repo, keys))
-    assert "Attestation: running TDs would report TEE_TCB_SVN2 0x010d (was 0x010d)" in text.out
+    assert "Attestation: running TDs would report TEE_TCB_SVN2 0x010d (now 0x010d)" in text.out
     assert "eligible (no SVN gain: same SEAMSVN as the running module)" in text.out
 
 
@@ -543,6 +543,9 @@ def test_an_update_records_and_says_what_running_tds_will_report(
         "for TDs launched under 1.5.06) and now report TEE_TCB_SVN2 0x010d" in out
     )
     assert "TDs launched from now on measure MRSEAM" in out
+    # said before the first write, and again once it is true
+    plan = out.index("Attestation: running TDs will report TEE_TCB_SVN2 0x010d (now 0x0106)")
+    assert plan < out.index("Streaming ") < out.index("Attestation: running TDs keep")
     records = [json.loads(ln) for ln in (state / "history.jsonl").read_text().splitlines()]
     rec = records[-1]
     assert (rec["from_version"], rec["to_version"], rec["result"]) == (
