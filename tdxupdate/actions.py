@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import __version__, keyring, policy, releases, sources
+from tdxupdate import __version__, attestation, keyring, policy, releases, sources
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.catalog import Catalog
@@ -99,12 +99,32 @@ def host_json(facts: _host.HostFacts) -> dict[str, Any]:
 def published_identity(version: Version | None) -> dict[str, Any]:
     """The running module's SEAMSVN and MRSEAM as Intel published them for its version (sysfs
     exposes neither): what TDs attest now, for verifiers; None for versions not in the table."""
-    published = releases.intel_releases().get(version) if version is not None else None
+    values = attestation.running_values({"host": {"module_version": _str(version)}})
+    return identity_json(values)
+
+
+def identity_json(values: attestation.ModuleValues) -> dict[str, Any]:
+    """The host JSON keys that say what the running module attests as."""
+    as_json = values.to_json()
     return {
-        "seamsvn": fmt_hex(published.seamsvn) if published is not None else None,
-        "mrseam": published.mrseam if published and len(published.mrseam) == 96 else None,
-        "mrseam_prefix": published.mrseam[:8] if published is not None else None,
+        "module_identity": as_json["module_identity"],
+        "seamsvn": as_json["seamsvn"],
+        "seamsvn_major": as_json["seamsvn_major"],
+        "seamsvn_minor": as_json["seamsvn_minor"],
+        "mrseam": as_json["mrseam"],
+        "mrseam_prefix": as_json["mrseam_prefix"],
+        "identity_source": as_json["source"],
     }
+
+
+def set_running_identity(report: Report, images: list[dict[str, Any]] | None = None) -> None:
+    """Fill the host JSON's identity keys: Intel's published release, or the repository's image
+    of the running version (from the candidates, or ``images`` when there are none)."""
+    host = report.doc.get("host")
+    if not isinstance(host, dict):
+        return
+    candidates = [*(report.doc.get("candidates") or ()), *(images or ())]
+    host.update(identity_json(attestation.running_values({"host": host, "candidates": candidates})))
 
 
 def _str(value: object | None) -> str | None:
@@ -177,9 +197,23 @@ def host_warnings(report: Report, facts: _host.HostFacts, catalog: Catalog | Non
     version's ``tdx_feature0`` in the mapping file tells.
     """
     lacks = facts.compat_capable is False
+    host = report.doc.get("host")
     if facts.module_version is not None and catalog is not None:
         release = catalog.get(facts.module_version)
         lacks = lacks or (release is not None and release.update_compat is False)
+        if isinstance(host, dict):
+            host["in_mapping"] = release is not None
+        if release is None:
+            # A BIOS can ship a module before Intel's repository lists it (mainline-and-
+            # attestation.md §2): say so, never just "no update".
+            report.warn(
+                "running-not-in-mapping",
+                f"running module {facts.module_version} is not in the mapping file: the "
+                "repository does not list it yet (a BIOS can ship a module before Intel's "
+                "repository does), so no update can be judged compatible with it",
+            )
+    elif isinstance(host, dict):
+        host["in_mapping"] = None
     if lacks:
         report.warn(
             "running-module-lacks-update-compat",
@@ -341,7 +375,8 @@ def candidate_json(c: policy.Candidate) -> dict[str, Any]:
         "debug": img.is_debug if parsed and img is not None else None,
         "path": img.path if img is not None else None,
         "image_format": fmt_hex(img.image_format) if img is not None else None,
-        "seamsvn": fmt_hex(img.seamsvn) if img is not None else None,
+        # four digits, as Intel's release notes, the host and the history write it
+        "seamsvn": attestation.fmt_svn(img.seamsvn) if img is not None else None,
         "mrseam": img.mrseam if img is not None else None,
         "pinned": (
             policy.pinned(c.version, img, releases.intel_releases()) if img is not None else None
@@ -354,6 +389,7 @@ def policy_options(settings: Settings) -> policy.Options:
         allow_debug=settings.allow_debug,
         strict_compat=settings.strict_compat,
         releases=releases.intel_releases(),
+        allowlist=settings.allowlist_rules,
     )
 
 
@@ -365,6 +401,8 @@ def run_status(settings: Settings, report: Report) -> None:
     report.doc["host"] = host_json(facts)
     catalog = _try_catalog(settings)
     host_warnings(report, facts, catalog)
+    if facts.module_version is not None:
+        set_running_identity(report, _running_image(settings, facts.module_version))
     if not facts.tdx_host:
         raise _check_error(facts, "tdx-host")
     if _host.module_lost(facts):
@@ -374,6 +412,37 @@ def run_status(settings: Settings, report: Report) -> None:
             "killed and TDX is unusable until the host reboots",
             code="module-lost",
         )
+
+
+def _running_image(settings: Settings, version: Version) -> list[dict[str, Any]]:
+    """``--status``: the local repository's image of the running version, as a candidate JSON
+    object, when Intel's published table lacks that version (its SEAMSVN and MRSEAM are then
+    the best evidence of what TDs attest). Nothing from remote repositories: ``--status``
+    does not touch the network."""
+    if releases.intel_releases().get(version) is not None:
+        return []
+    if sources.local_path(settings.repo) is None or (
+        settings.mapping is not None and sources.local_path(settings.mapping) is None
+    ):
+        return []
+    try:
+        repo = open_repo(settings)
+        ref = repo.images(repo.catalog()).get(version)
+        if ref is None:
+            return []
+        head, size = repo.head(ref)
+        img = image_facts_from_head(ref, head, size, trusted_signers(settings))
+    except TdxError:
+        return []
+    return [
+        {
+            "version": str(version),
+            "seamsvn": attestation.fmt_svn(img.seamsvn),
+            "mrseam": img.mrseam,
+            "pinned": policy.pinned(version, img, releases.intel_releases()),
+            "reasons": ["image-invalid"] if img.failures else [],
+        }
+    ]
 
 
 def _try_catalog(settings: Settings) -> Catalog | None:
@@ -407,6 +476,7 @@ def build_candidates(
         inventory.catalog.releases, inventory.images, view, policy_options(settings)
     )
     report.doc["candidates"] = [candidate_json(c) for c in candidates]
+    set_running_identity(report)
     for c in candidates:
         if c.eligible:
             _LOG.info("candidate %s: eligible", c.version)
@@ -421,6 +491,29 @@ def build_candidates(
 
 def run_list(settings: Settings, report: Report) -> None:
     build_candidates(settings, report)
+
+
+# --- --reference-values -------------------------------------------------------------------
+
+
+def run_reference_values(settings: Settings, report: Report) -> None:
+    """What a verifier's allowlist needs, for the running module and for the module
+    ``--update`` would install (the same choice, without a lock or a write)."""
+    _facts, view, _inventory, candidates = build_candidates(settings, report)
+    host = report.doc["host"]
+    running = attestation.running_values({"host": host, "candidates": report.doc["candidates"]})
+    decision = policy.choose(candidates, view.module_version, None)
+    target: dict[str, Any] | None = None
+    if decision.action == "install" and decision.selected is not None:
+        chosen = next(
+            c for c in report.doc["candidates"] if c["version"] == str(decision.selected.version)
+        )
+        target = attestation.candidate_values(chosen).to_json()
+    report.doc["reference_values"] = {
+        "running": running.to_json() | {"in_mapping": host.get("in_mapping")},
+        "target": target,
+        "target_reason": decision.message,
+    }
 
 
 # --- --verify -----------------------------------------------------------------------------

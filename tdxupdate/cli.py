@@ -33,7 +33,7 @@ from tdxupdate.settings import (
 )
 from tdxupdate.versions import Version
 
-ACTIONS = ("status", "list", "update", "verify", "history")
+ACTIONS = ("status", "list", "update", "verify", "history", "reference_values")
 _LATEST = "\0latest"
 
 
@@ -148,6 +148,15 @@ def _complete_profile(
     "--history", "a_history", is_flag=True, help="Show the update attempts recorded on this host."
 )
 @click.option(
+    "--reference-values",
+    "a_reference_values",
+    is_flag=True,
+    help=(
+        "Print what attestation verifiers need (module identity, SEAMSVN, MRSEAM) for the "
+        "running module and the module an update would install."
+    ),
+)
+@click.option(
     "--dry-run", is_flag=True, help="With --update: every check and the plan, nothing written."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
@@ -223,6 +232,25 @@ def _complete_profile(
     type=click.Path(path_type=Path),
     metavar="FILE",
     help="Extra trusted signers: SHA-256 modulus fingerprints, one per line.",
+)
+@click.option(
+    "--allowlist",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    shell_complete=_complete_file,
+    help=(
+        "MRSEAMs (and min_seamsvn lines) your verifiers accept: a module outside it is not "
+        "eligible."
+    ),
+)
+@click.option(
+    "--tcb-info",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    shell_complete=_complete_file,
+    help="Intel's TDX tcbInfo JSON for this platform: rate the running and target SVN.",
 )
 @click.option(
     "--cpu-signature",
@@ -330,7 +358,8 @@ class _Done(Exception):
 def settings_from_options(opts: dict[str, Any]) -> Settings:
     chosen = [a for a in ACTIONS if opts[f"a_{a}"] not in (None, False)]
     if len(chosen) > 1:
-        raise UsageError(f"choose one action, not {' and '.join('--' + a for a in chosen)}")
+        names = " and ".join("--" + a.replace("_", "-") for a in chosen)
+        raise UsageError(f"choose one action, not {names}")
     action = chosen[0] if chosen else "status"
     version = None
     if action == "update" and opts["a_update"] != _LATEST:
@@ -373,6 +402,22 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         hook_timeout=opts["hook_timeout"],
         verbosity=opts["verbose"] - opts["quiet"],
         interactive=sys.stderr.isatty(),
+        allowlist=opts.get("allowlist"),
+        tcb_info=opts.get("tcb_info"),
+    )
+
+
+def load_operator_files(settings: Settings) -> Settings:
+    """Read ``--allowlist`` and ``--tcb-info`` before the action starts: a malformed file is
+    ``config-invalid`` (78) before anything is locked or written."""
+    from tdxupdate import attestation
+
+    return replace(
+        settings,
+        allowlist_rules=(
+            attestation.load_allowlist(settings.allowlist) if settings.allowlist else None
+        ),
+        tcb_levels=attestation.load_tcb_info(settings.tcb_info) if settings.tcb_info else None,
     )
 
 
@@ -415,7 +460,7 @@ def _echo(line: str) -> None:
 def run_action(settings: Settings) -> Any:
     from tdxupdate import actions
 
-    report = actions.Report(settings.action)
+    report = actions.Report(settings.action.replace("_", "-"))
     if not settings.json and settings.verbosity >= 0:
         report.live = _echo
         report.live_warn = _log.get_logger().warning
@@ -428,6 +473,8 @@ def run_action(settings: Settings) -> Any:
             actions.run_verify(settings, report)
         elif settings.action == "history":
             actions.run_history(settings, report)
+        elif settings.action == "reference_values":
+            actions.run_reference_values(settings, report)
         else:
             from tdxupdate import update
 
@@ -435,6 +482,9 @@ def run_action(settings: Settings) -> Any:
                 update.run_update(settings, report, progress=factory)
     except TdxError as exc:
         report.error = exc
+    from tdxupdate import attestation_report
+
+    attestation_report.annotate(settings, report)
     return report
 
 
@@ -560,7 +610,7 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         else:
             file_values = _config.load_config(config_path, required=required)
         opts = _config.layer_options(opts, sources, file_values)
-        settings = settings_from_options(opts)
+        settings = load_operator_files(settings_from_options(opts))
         if opts["simulate"] is not None:
             with _simulation(settings, opts["simulate"]) as simulated:
                 report = run_action(simulated)

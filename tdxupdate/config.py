@@ -201,6 +201,8 @@ KEYS: dict[str, Callable[[object], object]] = {
     "pre_update": _command,
     "post_update": _command,
     "hook_timeout": _seconds,
+    "allowlist": _abs_path,
+    "tcb_info": _abs_path,
 }
 
 #: Settings a file must not set, and why (see the module docstring).
@@ -224,7 +226,16 @@ REFUSED: dict[str, str] = {
     "config": "cannot be set in a configuration file; use --config or TDXUPDATE_CONFIG",
     "version": "cannot be set in a configuration file; give it as --update VERSION",
 }
-for _action in ("status", "list", "update", "verify", "history", "simulate", "action"):
+for _action in (
+    "status",
+    "list",
+    "update",
+    "verify",
+    "history",
+    "reference_values",
+    "simulate",
+    "action",
+):
     REFUSED[_action] = "is an action, not a setting; give it on the command line"
 
 #: Spellings people reach for that difflib does not find.

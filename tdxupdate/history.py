@@ -11,7 +11,9 @@ Record formats:
   (256/512) and ``time`` possibly with a ``+00:00`` offset instead of ``Z``.
 - **1**: the §5 fields plus ``format`` and ``attempt`` always; the optional host facts
   (``cpu_signature``, ``seamldr_version``, ``sysfs_layout``, ``generation``, ``fatal``,
-  ``message``) only when known. Unknown keys (written by a newer tdxupdate) are kept.
+  ``message``), the target's ``signer``/``seamsvn``/``mrseam`` and the running module's
+  ``from_seamsvn``/``from_mrseam``/``from_mrseam_prefix`` only when known. Unknown keys
+  (written by a newer tdxupdate) are kept.
 
 Durability: a record is one ``os.write`` on an ``O_APPEND`` descriptor (so concurrent writers
 never interleave inside a line), then ``fsync``; a newly created file also fsyncs its
@@ -95,6 +97,9 @@ _OPTIONAL_FIELDS = (
     "mrseam",
     "pre_update",
     "post_update",
+    "from_seamsvn",
+    "from_mrseam",
+    "from_mrseam_prefix",
 )
 _KNOWN_KEYS = frozenset((*_CORE_FIELDS, *_OPTIONAL_FIELDS, "format", "attempt"))
 
@@ -157,6 +162,11 @@ class HistoryRecord:
     #: the pre_update / post_update command's outcome (tdxupdate.hooks.HookResult.to_json)
     pre_update: Mapping[str, Any] | None = None
     post_update: Mapping[str, Any] | None = None
+    #: the running module's before the attempt (published, or the repository's image of its
+    #: version): SEAMSVN, MRSEAM in full when known, and its first 8 hex digits
+    from_seamsvn: str | None = None
+    from_mrseam: str | None = None
+    from_mrseam_prefix: str | None = None
     #: Keys this version does not know (a newer writer's), kept so nothing is lost.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -188,6 +198,9 @@ class HistoryRecord:
             "signer",
             "seamsvn",
             "mrseam",
+            "from_seamsvn",
+            "from_mrseam",
+            "from_mrseam_prefix",
         )
         for name in str_fields:
             value = getattr(self, name)

@@ -107,6 +107,17 @@ def _running_version(doc: Mapping[str, Any], host: Mapping[str, Any]) -> str | N
     return str(version) if version else None
 
 
+def _running_identity(
+    doc: Mapping[str, Any], host: Mapping[str, Any], running: str
+) -> tuple[str, str]:
+    """SEAMSVN and MRSEAM of the module running after this run, ``unknown`` when not known."""
+    if doc.get("action") == "update" and running == doc.get("to_version") and doc.get("changed"):
+        svn, mrseam = doc.get("to_seamsvn"), doc.get("to_mrseam")
+    else:
+        svn, mrseam = host.get("seamsvn"), host.get("mrseam") or host.get("mrseam_prefix")
+    return (str(svn) if svn else "unknown", str(mrseam) if mrseam else "unknown")
+
+
 #: Error tokens after which the kernel may have spent an update (§4 steps 7–9): the count read
 #: before the attempt can no longer be trusted.
 _COUNT_UNCERTAIN = frozenset({"kernel-error", "version-mismatch", "module-lost", "timeout"})
@@ -160,9 +171,12 @@ def render_textfile(doc: Mapping[str, Any], *, duration_s: float, now: float) ->
 
     running = _running_version(doc, host)
     if running:
-        family("module_info", "The TDX module version running on this host.").add(
-            1, version=running
-        )
+        seamsvn, mrseam = _running_identity(doc, host, running)
+        family(
+            "module_info",
+            "The TDX module running on this host: version, SEAMSVN and MRSEAM (what TDs "
+            "attest; 8 hex digits when only those are published; unknown when not known).",
+        ).add(1, version=running, seamsvn=seamsvn, mrseam=mrseam)
     seamldr = host.get("seamldr_version")
     if seamldr:
         family("seamldr_info", "The P-SEAMLDR version on this host.").add(1, version=str(seamldr))

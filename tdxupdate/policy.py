@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from tdxupdate.attestation import Allowlist, allowlist_problems
 from tdxupdate.catalog import Release
 from tdxupdate.errors import DataError
 from tdxupdate.releases import ReleaseTable
@@ -34,6 +35,8 @@ REASONS: tuple[str, ...] = (
     "cpu-unsupported",
     "debug-module",
     "not-strict-compatible",
+    "not-allowlisted",
+    "seamsvn-below-minimum",
 )
 
 #: Image check name (image-formats.md §4 / tdxupdate.image.CHECK_NAMES) -> reason token.
@@ -75,6 +78,8 @@ class Options:
     strict_compat: bool = False
     #: published releases that bind an image to its version; None: no binding (unit tests)
     releases: ReleaseTable | None = None
+    #: the operator's allowlist (``--allowlist``): MRSEAMs and/or minimum SEAMSVNs verifiers accept
+    allowlist: Allowlist | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,10 @@ def evaluate_one(
             add(token, sentence)
         if image.is_debug and not options.allow_debug:
             add("debug-module", f"{version} is debug-signed (allow with --allow-debug)")
+        for token, sentence in allowlist_problems(
+            version, image.seamsvn, image.mrseam, options.allowlist
+        ):
+            add(token, sentence)
 
     if options.strict_compat and release is not None:
         listed = release.strict_compat_versions or ()

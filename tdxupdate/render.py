@@ -20,7 +20,43 @@ REASON_WORDS = {
     "cpu-unsupported": "CPU not supported",
     "debug-module": "debug-signed",
     "not-strict-compatible": "not strictly compatible with the running module",
+    "not-allowlisted": "MRSEAM not in the allowlist",
+    "seamsvn-below-minimum": "SEAMSVN below the allowlist's minimum",
 }
+
+_SOURCE_WORDS = {
+    "published": "Intel's published release",
+    "repository": "the repository's image of this version",
+}
+
+
+def render_identity(values: dict[str, Any], indent: str = "  ") -> list[str]:
+    """SEAMSVN, MRSEAM and module identity of one module (host JSON or reference values)."""
+    svn = values.get("seamsvn")
+    version = _fmt(values.get("module_version") or values.get("version"))
+    source = values.get("identity_source") or values.get("source")
+    if svn is None:
+        why = (
+            f"{version} is not in Intel's published release table and the repository has no "
+            "image of it that passed its checks"
+        )
+        return [
+            f"{indent}module identity      {_fmt(values.get('module_identity'))}",
+            f"{indent}SEAMSVN              unknown ({why})",
+            f"{indent}MRSEAM               unknown",
+        ]
+    mrseam = values.get("mrseam")
+    if mrseam is None and values.get("mrseam_prefix"):
+        mrseam = f"{values['mrseam_prefix']}… (first 8 digits; the rest is not published)"
+    lines = [
+        f"{indent}module identity      {_fmt(values.get('module_identity'))}",
+        f"{indent}SEAMSVN              {svn} (TEE_TCB_SVN2 major {values.get('seamsvn_major')}, "
+        f"minor {values.get('seamsvn_minor')}; from {_SOURCE_WORDS.get(source or '', 'unknown')})",
+        f"{indent}MRSEAM               {_fmt(mrseam)}",
+    ]
+    if values.get("tcb_status") is not None:
+        lines.append(f"{indent}TCB status           {values['tcb_status']}")
+    return lines
 
 
 def _fmt(value: object) -> str:
@@ -45,8 +81,14 @@ def render_host(host: dict[str, Any]) -> list[str]:
         f"  sysfs layout         {_fmt(layout)}",
         f"  upload interface     {_fmt(host.get('upload_dir'))}",
         f"  image format         {fmt_text}",
-        "Checks",
+        *render_identity(host),
     ]
+    if host.get("in_mapping") is False:
+        lines.append(
+            f"  mapping file         running module {_fmt(host.get('module_version'))} is not in "
+            "the mapping file"
+        )
+    lines.append("Checks")
     width = max((len(c["name"]) for c in host.get("checks", [])), default=0)
     for c in host.get("checks", []):
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}")
@@ -57,8 +99,8 @@ def render_candidates(candidates: list[dict[str, Any]]) -> list[str]:
     if not candidates:
         return ["The repository offers no modules."]
     vwidth = max(len("VERSION"), *(len(c["version"]) for c in candidates))
-    lines = [f"{'VERSION':<{vwidth}}  ELIGIBLE  FORMAT  WHY"]
-    indent = " " * (vwidth + 20)
+    lines = [f"{'VERSION':<{vwidth}}  ELIGIBLE  FORMAT  SEAMSVN  MRSEAM     WHY"]
+    indent = " " * (vwidth + 40)
     for c in candidates:
         fmt = c.get("image_format") or "-"
         if c["eligible"]:
@@ -67,7 +109,15 @@ def render_candidates(candidates: list[dict[str, Any]]) -> list[str]:
             details = c.get("details") or [REASON_WORDS.get(r, r) for r in c["reasons"]]
             whys = [_without_version(c["version"], d) for d in details]
         eligible = "yes" if c["eligible"] else "no"
-        lines.append(f"{c['version']:<{vwidth}}  {eligible:<8}  {fmt:<6}  {whys[0]}")
+        svn = c.get("seamsvn") or "-"  # four digits: the width of the column
+        mrseam = (c.get("mrseam") or "")[:8] or "-"
+        if c["eligible"] and c.get("svn_gain") is False:
+            whys[0] += " (no SVN gain: same SEAMSVN as the running module)"
+        if c.get("tcb_status"):
+            whys[0] += f" [TCB {c['tcb_status']}]"
+        lines.append(
+            f"{c['version']:<{vwidth}}  {eligible:<8}  {fmt:<6}  {svn:<7}  {mrseam:<9}  {whys[0]}"
+        )
         lines += [f"{indent}{why}" for why in whys[1:]]
     return lines
 
@@ -105,6 +155,39 @@ def render_history(records: list[dict[str, Any]]) -> list[str]:
             f"{r.get('duration_s', '?')} s  remaining {r.get('remaining_before', '?')} -> "
             f"{r.get('remaining_after', '?')}"
         )
+        if r.get("seamsvn") or r.get("from_seamsvn"):
+            # on the same line: one line per attempt, for grep
+            before = r.get("from_mrseam") or r.get("from_mrseam_prefix")
+            after = r.get("mrseam")
+            lines[-1] += (
+                f"  SEAMSVN {r.get('from_seamsvn') or 'unknown'} -> "
+                f"{r.get('seamsvn') or 'unknown'}  "
+                f"MRSEAM {before[:8] if before else 'unknown'} -> "
+                f"{after[:8] if after else 'unknown'}"
+            )
+    return lines
+
+
+def render_reference_values(doc: dict[str, Any]) -> list[str]:
+    values = doc.get("reference_values") or {}
+    lines = ["Reference values for attestation verifiers (TD quote: TEE_TCB_SVN2, MRSEAM)"]
+    running = values.get("running")
+    if running:
+        lines.append(f"Running module {_fmt(running.get('version'))}")
+        lines += render_identity(running)
+        if running.get("in_mapping") is False:
+            lines.append(f"  running module {running.get('version')} is not in the mapping file")
+    target = values.get("target")
+    if target:
+        lines.append(f"Module an update would install: {_fmt(target.get('version'))}")
+        lines += render_identity(target)
+    else:
+        lines.append(f"No update would be installed: {_fmt(values.get('target_reason'))}")
+    tcb = doc.get("tcb")
+    if tcb and tcb.get("td_relaunch_advised"):
+        lines.append(
+            "TDs launched under the running module will be rated TDRelaunchAdvised after the update"
+        )
     return lines
 
 
@@ -114,10 +197,18 @@ def render(report: Report) -> list[str]:
     lines: list[str] = []
     if report.action == "status" and "host" in doc:
         lines += render_host(doc["host"])
+        tcb = doc.get("tcb")
+        if tcb:
+            lines.insert(
+                lines.index("Checks"),
+                f"  TCB status           {tcb.get('running') or 'not rated'} ({tcb['file']})",
+            )
     elif report.action == "list" and "candidates" in doc:
         host = doc.get("host", {})
+        mrseam = host.get("mrseam") or host.get("mrseam_prefix")
         lines.append(
-            f"Running module {_fmt(host.get('module_version'))}, P-SEAMLDR "
+            f"Running module {_fmt(host.get('module_version'))} (SEAMSVN "
+            f"{_fmt(host.get('seamsvn'))}, MRSEAM {_fmt(mrseam and mrseam[:8])}), P-SEAMLDR "
             f"{_fmt(host.get('seamldr_version'))}, CPU {_fmt(host.get('cpu_signature'))}"
         )
         lines += render_candidates(doc["candidates"])
@@ -130,6 +221,8 @@ def render(report: Report) -> list[str]:
             lines += render_candidates(doc["candidates"])
         if report.live is None:
             lines += report.notes
+    elif report.action == "reference-values" and "reference_values" in doc:
+        lines += render_reference_values(doc)
     elif report.action == "verify" and "images" in doc:
         lines += render_images(doc["images"])
     elif report.action == "history" and "history" in doc:

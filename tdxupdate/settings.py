@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:
+    from tdxupdate.attestation import Allowlist, TcbInfo
 
 DEFAULT_REPO = "/usr/share/tdx-module-binaries"
 DEFAULT_STATE_DIR = Path("/var/lib/tdxupdate")
@@ -63,3 +67,9 @@ class Settings:
     verbosity: int = 0
     #: a terminal is watching (progress bars allowed)
     interactive: bool = False
+    #: ``--allowlist FILE`` / ``--tcb-info FILE`` and their parsed contents (read once, before
+    #: the action starts, so a malformed file stops the run before anything is written)
+    allowlist: Path | None = None
+    tcb_info: Path | None = None
+    allowlist_rules: Allowlist | None = None
+    tcb_levels: TcbInfo | None = None

@@ -280,6 +280,10 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             f", retried once as Format {_fmt_name(formats[1])} if this kernel refuses the header"
         )
     report.doc["plan"] = f"install {plan}"
+    # what TDs will attest, and the no-svn-gain / td-relaunch-advised warnings, before any write
+    from tdxupdate import attestation_report
+
+    attestation_report.before_install(settings, report)
     if settings.dry_run:
         report.note(f"dry run: would install {plan}")
         return
@@ -669,6 +673,10 @@ def _record(
         seamsvn=f"{signer.seamsvn:#06x}",
         mrseam=signer.seamhash.hex(),
         pre_update=report.doc.get("pre_update"),
+        # what the running module attested before: Intel's release table or its image
+        from_seamsvn=report.doc["host"].get("seamsvn"),
+        from_mrseam=report.doc["host"].get("mrseam"),
+        from_mrseam_prefix=report.doc["host"].get("mrseam_prefix"),
     )
     try:
         history.append(settings.state_dir, record)

@@ -210,11 +210,29 @@ def test_list_text_is_a_table_with_reasons_in_words(
     res = run("--list", *base(host, repo, keys, tmp_path))
     assert res.code == 0
     lines = res.out.splitlines()
-    assert lines[0] == "Running module 1.5.06, P-SEAMLDR 2.0.00, CPU 0x806f8"
-    assert lines[1].split() == ["VERSION", "ELIGIBLE", "FORMAT", "WHY"]
-    assert "1.5.25   no        0x200   supports CPUs 0xa06f0; this CPU is 0x806f8" in lines
-    assert "1.5.24   yes       0x200   eligible" in lines
-    assert "1.5.28   no        0x200   is debug-signed (allow with --allow-debug)" in lines
+    assert lines[0] == (
+        "Running module 1.5.06 (SEAMSVN 0x0106, MRSEAM 5b38e33a), P-SEAMLDR 2.0.00, CPU 0x806f8"
+    )
+    assert lines[1].split() == ["VERSION", "ELIGIBLE", "FORMAT", "SEAMSVN", "MRSEAM", "WHY"]
+    rows = {ln[:6]: ln for ln in lines[2:]}
+    mrseam = {c["version"]: c["mrseam"][:8] for c in run_list_json(run, host, repo, keys, tmp_path)}
+    assert rows["1.5.25"] == (
+        f"1.5.25   no        0x200   0x010d   {mrseam['1.5.25']}   "
+        "supports CPUs 0xa06f0; this CPU is 0x806f8"
+    )
+    assert rows["1.5.24"] == f"1.5.24   yes       0x200   0x010d   {mrseam['1.5.24']}   eligible"
+    assert rows["1.5.28"] == (
+        f"1.5.28   no        0x200   0x010e   {mrseam['1.5.28']}   "
+        "is debug-signed (allow with --allow-debug)"
+    )
+
+
+def run_list_json(
+    run: Any, host: Path, repo: Path, keys: Path, tmp_path: Path
+) -> list[dict[str, Any]]:
+    res = run("--list", "--json", *base(host, repo, keys, tmp_path))
+    assert res.code == 0
+    return list(res.doc["candidates"])
 
 
 def test_list_without_trusted_key_says_untrusted(

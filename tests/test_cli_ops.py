@@ -198,7 +198,13 @@ def test_metrics_file_after_list(
     )  # fmt: skip
     assert res.code == 0, res.err
     m = parse(prom)
-    assert m["tdxupdate_module_info"][0].labels == {"version": "1.5.06"}
+    assert m["tdxupdate_module_info"][0].labels == {
+        "version": "1.5.06",
+        "seamsvn": "0x0106",
+        # Intel's published MRSEAM of 1.5.06 (release notes and joined_files)
+        "mrseam": "5b38e33a6487958b72c3c12a938eaa5e3fd4510c51aeeab5"
+        "8c7d5ecee41d7c436489d6c8e4f92f160b7cad34207b00c1",
+    }
     assert m["tdxupdate_update_available"][0].value == 1
     assert m["tdxupdate_last_result"][0].labels == {"action": "list", "result": "ok"}
 

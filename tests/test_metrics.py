@@ -47,6 +47,10 @@ def doc(action: str, **extra: Any) -> dict[str, Any]:
     return d
 
 
+#: the SEAMSVN and MRSEAM labels of a module whose values the document does not carry
+UNKNOWN = {"seamsvn": "unknown", "mrseam": "unknown"}
+
+
 def update_doc(**extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "host": host(),
@@ -100,7 +104,7 @@ def value(m: Samples, name: str) -> float:
 
 def test_successful_update_reports_the_new_module() -> None:
     m = render(update_doc(changed=True))
-    assert m["tdxupdate_module_info"] == [({"version": "1.5.24"}, 1.0)]
+    assert m["tdxupdate_module_info"] == [({"version": "1.5.24", **UNKNOWN}, 1.0)]
     assert m["tdxupdate_seamldr_info"] == [({"version": "1.5.02"}, 1.0)]
     assert value(m, "remaining_updates") == 2  # kernel ABI: one fewer after a success
     assert value(m, "update_available") == 0  # 1.5.20 is eligible but older than 1.5.24
@@ -123,7 +127,7 @@ def test_remaining_left_out_when_the_kernel_did_not_decrement() -> None:
 
 def test_dry_run_keeps_running_version_and_sees_the_update() -> None:
     m = render(update_doc(dry_run=True))
-    assert m["tdxupdate_module_info"] == [({"version": "1.5.06"}, 1.0)]
+    assert m["tdxupdate_module_info"] == [({"version": "1.5.06", **UNKNOWN}, 1.0)]
     assert value(m, "remaining_updates") == 3
     assert value(m, "update_available") == 1
     assert m["tdxupdate_last_result"] == [({"action": "update", "result": "dry-run"}, 1.0)]
@@ -136,7 +140,7 @@ def test_nothing_to_do() -> None:
     m = render(d)
     assert value(m, "update_available") == 0
     assert m["tdxupdate_last_result"] == [({"action": "update", "result": "nothing-to-do"}, 1.0)]
-    assert m["tdxupdate_module_info"] == [({"version": "1.5.06"}, 1.0)]
+    assert m["tdxupdate_module_info"] == [({"version": "1.5.06", **UNKNOWN}, 1.0)]
 
 
 def test_device_busy_keeps_the_count_and_reports_75() -> None:
@@ -180,7 +184,7 @@ def test_refused_before_reading_the_host_has_only_run_metrics() -> None:
 
 def test_status_reports_the_host_but_not_availability() -> None:
     m = render(doc("status", host=host()))
-    assert m["tdxupdate_module_info"] == [({"version": "1.5.06"}, 1.0)]
+    assert m["tdxupdate_module_info"] == [({"version": "1.5.06", **UNKNOWN}, 1.0)]
     assert value(m, "remaining_updates") == 3
     assert "tdxupdate_update_available" not in m
     assert "tdxupdate_module_lost" not in m
@@ -210,7 +214,7 @@ def test_other_actions_report_the_run(action: str) -> None:
 def test_label_values_are_escaped() -> None:
     weird = 'a"b\\c\nd'
     m = render(doc("status", host=host(module_version=weird)))
-    assert m["tdxupdate_module_info"] == [({"version": weird}, 1.0)]
+    assert m["tdxupdate_module_info"] == [({"version": weird, **UNKNOWN}, 1.0)]
 
 
 def test_help_and_type_precede_every_family() -> None:
@@ -349,3 +353,18 @@ def test_read_only_file_system_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         f"{target}: cannot write the metrics file: read-only file system "
         f"(under systemd, list {tmp_path} in ReadWritePaths=)"
     )
+
+
+def test_module_info_carries_what_tds_attest_before_and_after_an_update() -> None:
+    """Issue 10 §3: ``tdxupdate_module_info{version,seamsvn,mrseam}``; after an update the
+    target's values, otherwise the running module's (a published prefix when that is all)."""
+    before = host(seamsvn="0x010d", mrseam=None, mrseam_prefix="489e585f")
+    m = render(doc("status", host=before))
+    assert m["tdxupdate_module_info"] == [
+        ({"version": "1.5.06", "seamsvn": "0x010d", "mrseam": "489e585f"}, 1.0)
+    ]
+    full = "ab" * 48
+    m = render(update_doc(changed=True, to_seamsvn="0x010e", to_mrseam=full))
+    assert m["tdxupdate_module_info"] == [
+        ({"version": "1.5.24", "seamsvn": "0x010e", "mrseam": full}, 1.0)
+    ]

@@ -289,7 +289,7 @@ def test_list_explains_a_renamed_image(
         assert code == 0
         listed = {c["version"]: c for c in doc["candidates"]}
         assert listed[TARGET]["reasons"] == ["release-mismatch"]
-        assert listed[TARGET]["pinned"] is True and listed[TARGET]["seamsvn"] == "0x106"
+        assert listed[TARGET]["pinned"] is True and listed[TARGET]["seamsvn"] == "0x0106"
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update", TARGET)
         assert code == 65 and doc["error"]["code"] == "not-eligible"
         assert h.state()["uploads"] == []
