@@ -403,10 +403,16 @@ def run_action(settings: Settings) -> Any:
         report.live = _echo
         report.live_warn = _log.get_logger().warning
     try:
-        if settings.action == "status":
-            actions.run_status(settings, report)
-        elif settings.action == "list":
-            actions.run_list(settings, report)
+        if settings.action in ("status", "list"):
+            # Listing only: verdicts kept from earlier runs may spare work (issue 14); --update
+            # and --verify compute every verdict themselves.
+            from tdxupdate import verdicts
+
+            with verdicts.listing(settings.cache_dir):
+                if settings.action == "status":
+                    actions.run_status(settings, report)
+                else:
+                    actions.run_list(settings, report)
         elif settings.action == "verify":
             actions.run_verify(settings, report)
         elif settings.action == "history":

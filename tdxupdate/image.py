@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tdxupdate import verdicts
 from tdxupdate.errors import InvalidImage, NotFound, from_oserror
 from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
 from tdxupdate.versions import Version
@@ -557,13 +558,35 @@ def verify_signature(sig: Sigstruct) -> bool:
 
 
 def _signature_check(sig: Sigstruct) -> Check:
-    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process."""
+    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process.
+
+    While listing, a success :mod:`tdxupdate.verdicts` holds for these exact sigstruct bytes
+    (modulus and signature included) stands in for the computation. Such a verdict is never put
+    in the process memo: only a computed verdict is, so whatever runs after the listing in this
+    process (``--update``'s full verification) computes its own.
+    """
     key = hashlib.sha384(sig.raw).digest()
     check = _signature_checks.get(key)
-    if check is None:
-        check = _compute_signature_check(sig)
-        _remember(_signature_checks, key, check)
+    if check is not None:
+        return check
+    store = verdicts.current()
+    if store is not None and store.known("signature", sig.raw, sig.modulus, sig.signature):
+        return _signature_ok(_expected_block(sig))
+    check = _compute_signature_check(sig)
+    _remember(_signature_checks, key, check)
+    if store is not None and check.ok:
+        store.add("signature", sig.raw, sig.modulus, sig.signature)
     return check
+
+
+def _signature_ok(expected: bytes) -> Check:
+    message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
+    return Check(
+        "signature",
+        True,
+        f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
+        f"(SHA-384 {_short(message_digest)})",
+    )
 
 
 def _compute_signature_check(sig: Sigstruct) -> Check:
@@ -571,12 +594,7 @@ def _compute_signature_check(sig: Sigstruct) -> Check:
     message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
     em = _decode_signature(sig)
     if em == expected:
-        return Check(
-            "signature",
-            True,
-            f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
-            f"(SHA-384 {_short(message_digest)})",
-        )
+        return _signature_ok(expected)
     if em is None:
         detail = (
             "signature cannot be checked: the modulus is not an odd 3072-bit number or the "
