@@ -557,7 +557,7 @@ def verify_signature(sig: Sigstruct) -> bool:
     return em is not None and em == _expected_block(sig)
 
 
-def _signature_check(sig: Sigstruct) -> Check:
+def _signature_check(sig: Sigstruct, *, reuse_verdicts: bool = True) -> Check:
     """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process.
 
     While listing, a success :mod:`tdxupdate.verdicts` holds for these exact sigstruct bytes
@@ -569,7 +569,7 @@ def _signature_check(sig: Sigstruct) -> Check:
     check = _signature_checks.get(key)
     if check is not None:
         return check
-    store = verdicts.current()
+    store = verdicts.current() if reuse_verdicts else None
     if store is not None and store.known("signature", sig.raw, sig.modulus, sig.signature):
         return _signature_ok(_expected_block(sig))
     check = _compute_signature_check(sig)
@@ -702,12 +702,16 @@ def header_checks(
     trusted_signers: Collection[str],
     allow_debug: bool,
     expected_version: Version | None,
+    reuse_verdicts: bool = True,
 ) -> tuple[Check, ...]:
     """The checks computable from the head alone, in CHECK_NAMES order:
-    signature, trusted-signer, version, debug, cpuid-table."""
+    signature, trusted-signer, version, debug, cpuid-table.
+
+    ``reuse_verdicts`` False computes the signature whatever :mod:`tdxupdate.verdicts` holds
+    (:func:`verify` always does)."""
     sig = info.sigstruct
     return (
-        _signature_check(sig),
+        _signature_check(sig, reuse_verdicts=reuse_verdicts),
         _trusted_signer_check(sig, _normalise_signers(trusted_signers)),
         _version_check(sig, expected_version),
         _debug_check(sig, allow_debug),
@@ -773,6 +777,7 @@ def verify(
         trusted_signers=trusted_signers,
         allow_debug=allow_debug,
         expected_version=expected_version,
+        reuse_verdicts=False,  # a whole image is judged from its own bytes, always
     )
     return Verification(info, (container, checksum, seamhash, *rest))
 
