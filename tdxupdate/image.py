@@ -29,6 +29,7 @@ Rules decided here where the spec leaves room (all documented at the check that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -107,6 +108,26 @@ def _layout(*fields: Field) -> dict[str, Field]:
     return {f.name: f for f in fields}
 
 
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _int_reader(layout: dict[str, Field]) -> tuple[tuple[str, ...], struct.Struct]:
+    """The integer fields of ``layout`` and one Struct that unpacks them all in one call."""
+    ints = sorted((f for f in layout.values() if not f.raw), key=lambda f: f.offset)
+    fmt, at = "<", 0
+    for f in ints:
+        fmt += f"{f.offset - at}x{_INT_CODES[f.size]}"
+        at = f.offset + f.size
+    return tuple(f.name for f in ints), struct.Struct(fmt)
+
+
+def _read_ints(
+    reader: tuple[tuple[str, ...], struct.Struct], buf: bytes | memoryview
+) -> dict[str, int]:
+    names, unpacker = reader
+    return dict(zip(names, unpacker.unpack_from(buf), strict=True))
+
+
 # Format A, "tdx_blob" v0x100: a 4096-byte header (image-formats.md §1, Intel blob_structure.txt).
 FORMAT_A_HEADER = _layout(
     Field("version", 0x000, 2),  # 0x0100
@@ -168,6 +189,11 @@ _SIGSTRUCT_CONSTANTS = {
 }
 
 
+_SIGSTRUCT_INTS = _int_reader(SIGSTRUCT_LAYOUT)
+_FORMAT_A_INTS = _int_reader(FORMAT_A_HEADER)
+_FORMAT_B_INTS = _int_reader(FORMAT_B_HEADER)
+
+
 def _hex(value: int, width: int = 0) -> str:
     return f"0x{value:0{width}x}"
 
@@ -218,7 +244,7 @@ class Sigstruct:
     def is_debug(self) -> bool:
         return bool(self.module_type & DEBUG_BIT)
 
-    @property
+    @functools.cached_property
     def signer(self) -> str:
         """SHA-256 hex of the 384 modulus bytes as stored: the trusted-signer identity (§4.4)."""
         return hashlib.sha256(self.modulus).hexdigest()
@@ -230,7 +256,7 @@ class Sigstruct:
         if len(raw) != SIGSTRUCT_SIZE:
             raise _container_error(f"sigstruct is {len(raw)} bytes, expected {SIGSTRUCT_SIZE}")
         layout = SIGSTRUCT_LAYOUT
-        f = {name: field.read_int(raw) for name, field in layout.items() if not field.raw}
+        f = _read_ints(_SIGSTRUCT_INTS, raw)
         for name, expected in _SIGSTRUCT_CONSTANTS.items():
             if f[name] != expected:
                 raise _container_error(
@@ -433,6 +459,8 @@ def _identify(view: memoryview, size: int) -> int:
 
 
 def _first_nonzero(data: bytes) -> int | None:
+    if data == bytes(len(data)):  # the usual case, in one comparison
+        return None
     rest = data.lstrip(b"\0")
     return len(data) - len(rest) if rest else None
 
@@ -456,7 +484,7 @@ def _check_padding(view: memoryview, start: int, end: int) -> None:
 
 
 def _inspect_format_a(view: memoryview, size: int) -> tuple[int, int, int]:
-    h = {name: field.read_int(view) for name, field in FORMAT_A_HEADER.items() if not field.raw}
+    h = _read_ints(_FORMAT_A_INTS, view)
     offset = h["offset_of_module"]
     length = h["length"]
     if length != size:
@@ -483,7 +511,7 @@ def _inspect_format_a(view: memoryview, size: int) -> tuple[int, int, int]:
 
 
 def _inspect_format_b(view: memoryview, size: int) -> tuple[int, int, int]:
-    h = {name: field.read_int(view) for name, field in FORMAT_B_HEADER.items() if not field.raw}
+    h = _read_ints(_FORMAT_B_INTS, view)
     sig_pages = h["sigstruct_nr_pages"]
     mod_pages = h["module_nr_pages"]
     if not 1 <= sig_pages <= MAX_SIGSTRUCT_PAGES:
