@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -566,6 +565,8 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         return _fail(TdxError("interrupted", code="interrupted"), as_json)
     except TdxError as exc:
         if verbosity >= 2:
+            import traceback
+
             traceback.print_exc()
         return _fail(exc, as_json)
     except KeyboardInterrupt:
@@ -577,6 +578,8 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         return 141
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if verbosity >= 1:
+            import traceback
+
             traceback.print_exc()
         return _fail(
             TdxError(

@@ -53,10 +53,9 @@ _HEADER = len(_MAGIC) + _ENTRY  # magic, then the digest of the context (tool an
 
 @functools.cache
 def _schema_digest() -> bytes:
-    from importlib import resources
+    from tdxupdate.releases import package_data
 
-    data = resources.files("tdxupdate.schemas").joinpath("mapping.schema.json").read_bytes()
-    return hashlib.sha256(data).digest()
+    return hashlib.sha256(package_data("schemas/mapping.schema.json")).digest()
 
 
 @functools.cache
