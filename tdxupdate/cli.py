@@ -435,6 +435,14 @@ def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
     from tdxupdate.sim import simulated_host
 
     cache = (settings.cache_dir or default_cache_dir()) / "sim"
+    from tdxupdate.sim.repo import is_cached
+
+    if not is_cached(cache):
+        _log.notice(
+            "--simulate: first run: generating the sample repository (an RSA-3072 key and "
+            "the signed sample images, a few seconds); it is kept in %s and reused",
+            cache,
+        )
     with contextlib.ExitStack() as stack:
         with _signals.critical():  # the directory exists only with its removal registered
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="tdxupdate-sim-state-"))
