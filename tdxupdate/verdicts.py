@@ -177,16 +177,21 @@ def current() -> VerdictStore | None:
     return _active
 
 
+def default_dir() -> Path:
+    """The cache directory used without ``--cache-dir`` (the test suite points it elsewhere)."""
+    from tdxupdate.settings import default_cache_dir
+
+    return default_cache_dir()
+
+
 @contextlib.contextmanager
 def listing(cache_dir: Path | None) -> Iterator[VerdictStore | None]:
     """Use the verdicts of ``cache_dir`` (default: the usual cache directory) inside the block,
     and write what it learnt at the end. Only ``--list`` and ``--status`` enter it."""
     global _active
     if cache_dir is None:
-        from tdxupdate.settings import default_cache_dir
-
         try:
-            cache_dir = default_cache_dir()
+            cache_dir = default_dir()
         except (KeyError, RuntimeError):  # no home directory: uncached
             yield None
             return
