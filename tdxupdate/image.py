@@ -990,15 +990,28 @@ def _open_error(exc: OSError, path: Path) -> Exception:
     return from_oserror(exc, str(path))
 
 
-def read_head(path: Path) -> tuple[bytes, int]:
-    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`."""
+def read_head(path: Path | str) -> tuple[bytes, int]:
+    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`.
+
+    Plain descriptor calls, no file object: a listing reads thousands of heads."""
     try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(HEAD_SIZE)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _open_error(exc, path) from exc
-    return head, size
+        raise _open_error(exc, Path(path)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidImage(f"{path}: not a regular file")
+        chunks = [os.read(fd, HEAD_SIZE)]
+        got = len(chunks[0])
+        while 0 < got < HEAD_SIZE and (more := os.read(fd, HEAD_SIZE - got)):
+            chunks.append(more)
+            got += len(more)
+    except OSError as exc:
+        raise _open_error(exc, Path(path)) from exc
+    finally:
+        os.close(fd)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0], st.st_size
 
 
 def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:
