@@ -14,6 +14,16 @@ same run (never as absolute thresholds, and never inside the test suite).
   update, against the wall time it waited (the poll schedule must cost next to nothing).
 * ``memory``   — peak RSS growth while verifying and converting one maximal image, against the
   image size.
+* ``listing``  — issue 14: cold ``--list`` (text and ``--json``) on a 20-release repository
+  against ``bench/intel_list.py``, the stand-in for Intel's script (it parses the same mapping
+  file and reads the same image heads, and verifies nothing), paired and interleaved; once with
+  the verdict store warm (the usual run) and once with it empty (the first run).
+* ``scale``    — the same at 500, 1,000 and 2,000 releases: the ratio, and the cost per release
+  of both (the slope between the sizes; linear means a constant slope).
+* ``rss``      — peak RSS of the whole process: ``--list`` at 20 and 2,000 releases, and
+  ``--verify`` of a 3-page and of a 496-page image (flat means a ratio near 1).
+* ``done``     — kernel done to ``upload()`` returning: the status watch's reaction after the
+  (plain-file) kernel flips ``status`` to idle, over 40 updates at varied durations.
 * ``mapping``  — peak Python allocation (tracemalloc) while loading the costliest mapping files
   the loader's bounds let through, each at the 1 MiB cap (``tests/fuzz/shapes.py``), per byte
   read, against the same figure for Intel's own file; and the same hostile shape with the
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -35,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from factories.images import make_image, test_key, write_repo  # noqa: E402
 
@@ -245,6 +257,219 @@ def bench_mapping() -> None:
     )
 
 
+# --- issue 14: against Intel's script ---------------------------------------------------------
+
+INTEL = ROOT / "bench" / "intel_list.py"
+
+
+def _compiled() -> None:
+    """Byte-compile the package, as pip and dh_python3 do on install: a tree run with
+    PYTHONDONTWRITEBYTECODE would otherwise compile every module on every start."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "tdxupdate"), quiet=1)
+
+
+def paired(
+    a: list[str], b: list[str], runs: int = 15, before: Callable[[], None] | None = None
+) -> tuple[float, float, float]:
+    """Median wall seconds of ``a`` and ``b`` run in turn (A B A B ...), and the median of the
+    pair-by-pair ratios A/B: pairing keeps the ratio meaningful on a machine whose speed
+    drifts."""
+    import statistics
+
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(runs + 1):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        subprocess.run(a, check=True, capture_output=True)
+        t1 = time.perf_counter()
+        subprocess.run(b, check=True, capture_output=True)
+        t2 = time.perf_counter()
+        if i:  # the first pair warms the page cache
+            ta.append(t1 - t0)
+            tb.append(t2 - t1)
+    ratio = statistics.median(x / y for x, y in zip(ta, tb, strict=True))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
+def _list_cmd(paths: dict[str, Path], cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "tdxupdate", "--list", *extra,
+        "--sysroot", str(paths["host"]), "--repo", str(paths["repo"]),
+        "--trusted-keys", str(paths["keys"]), "--cache-dir", str(cache),
+    ]  # fmt: skip
+
+
+def _intel_cmd(paths: dict[str, Path]) -> list[str]:
+    return [sys.executable, str(INTEL), "--list", "--sysroot", str(paths["host"]),
+            "--repo", str(paths["repo"])]  # fmt: skip
+
+
+def bench_listing() -> None:
+    import shutil
+
+    import repos
+
+    _compiled()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = repos.build(Path(tmp), 20)
+        cache = Path(tmp) / "cache"
+        intel = _intel_cmd(paths)
+        for label, extra in (("--list", ()), ("--list --json", ("--json",))):
+            cmd = _list_cmd(paths, cache, *extra)
+            subprocess.run(cmd, check=True, capture_output=True)  # the verdicts a run leaves
+            ta, tb, ratio = paired(cmd, intel)
+            print(
+                f"listing: {label}, 20 releases, verdicts kept: {ta * 1e3:.0f} ms; Intel's "
+                f"script stand-in {tb * 1e3:.0f} ms; ratio {ratio:.2f}x"
+            )
+        cmd = _list_cmd(paths, cache, "--json")
+        ta, tb, ratio = paired(cmd, intel, 9, lambda: shutil.rmtree(cache, ignore_errors=True))
+        print(
+            f"listing: --list --json, 20 releases, first run (no verdicts): {ta * 1e3:.0f} ms; "
+            f"stand-in {tb * 1e3:.0f} ms; ratio {ratio:.2f}x"
+        )
+
+
+def bench_scale() -> None:
+    import repos
+
+    _compiled()
+    sizes = (500, 1000, 2000)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours: dict[int, float] = {}
+        theirs: dict[int, float] = {}
+        for n in sizes:
+            paths = repos.build(Path(tmp) / str(n), n)
+            cache = Path(tmp) / str(n) / "cache"
+            cmd = _list_cmd(paths, cache, "--json")
+            subprocess.run(cmd, check=True, capture_output=True)
+            ours[n], theirs[n], ratio = paired(cmd, _intel_cmd(paths), 7)
+            print(
+                f"scale: --list --json, {n} releases: {ours[n] * 1e3:.0f} ms; stand-in "
+                f"{theirs[n] * 1e3:.0f} ms; ratio {ratio:.2f}x"
+            )
+            if n == sizes[-1]:
+                import shutil
+
+                ta, tb, ratio = paired(
+                    cmd, _intel_cmd(paths), 3, lambda c=cache: shutil.rmtree(c, ignore_errors=True)
+                )
+                print(
+                    f"scale: --list --json, {n} releases, first run (no verdicts): "
+                    f"{ta * 1e3:.0f} ms; stand-in {tb * 1e3:.0f} ms; ratio {ratio:.2f}x"
+                )
+        for lo, hi in itertools.pairwise(sizes):
+            per = (ours[hi] - ours[lo]) / (hi - lo) * 1e3
+            base = (theirs[hi] - theirs[lo]) / (hi - lo) * 1e3
+            print(
+                f"scale: {lo}->{hi} releases: {per:.3f} ms per release; stand-in "
+                f"{base:.3f} ms per release ({per / base:.1f}x)"
+            )
+
+
+def _peak_rss(cmd: list[str]) -> int:
+    """Peak RSS in KiB of the tool run as ``cmd`` (best of 3): VmHWM of its own process, read
+    at exit (a reaped child's ru_maxrss would include the forked copy of this one)."""
+    code = (
+        "import atexit, runpy, sys\n"
+        "def report():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            sys.stderr.write('HWM ' + line.split()[1] + '\\n')\n"
+        "atexit.register(report)\n"
+        "from tdxupdate.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    best = 0
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code, *cmd[3:]], capture_output=True, text=True)
+        hwm = [int(ln.split()[1]) for ln in out.stderr.splitlines() if ln.startswith("HWM ")]
+        if not hwm:
+            raise RuntimeError(out.stderr)
+        best = hwm[0] if not best else min(best, hwm[0])
+    return best
+
+
+def bench_rss() -> None:
+    import repos
+
+    _compiled()
+    with tempfile.TemporaryDirectory() as tmp:
+        peaks = {}
+        for n in (20, 2000):
+            paths = repos.build(Path(tmp) / str(n), n)
+            peaks[n] = _peak_rss(_list_cmd(paths, Path(tmp) / str(n) / "cache", "--json"))
+        print(
+            f"rss: --list --json peak {peaks[20] / 1024:.1f} MiB at 20 releases, "
+            f"{peaks[2000] / 1024:.1f} MiB at 2,000 ({peaks[2000] / peaks[20]:.2f}x for 100x "
+            "the releases)"
+        )
+        small = Path(tmp) / "small.blob"
+        small.write_bytes(make_image("1.5.24", module_pages=1))
+        big = Path(tmp) / "big.blob"
+        big.write_bytes(big_image())
+        keys = Path(tmp) / "keys"
+        keys.write_text(test_key().fingerprint + "\n")
+        sizes = {}
+        for blob in (small, big):
+            cmd = [sys.executable, "-m", "tdxupdate", "--verify", str(blob), "--json",
+                   "--trusted-keys", str(keys)]  # fmt: skip
+            sizes[blob.name] = (blob.stat().st_size, _peak_rss(cmd))
+        (s_size, s_rss), (b_size, b_rss) = sizes["small.blob"], sizes["big.blob"]
+        print(
+            f"rss: --verify peak {s_rss / 1024:.1f} MiB for a {s_size}-byte image, "
+            f"{b_rss / 1024:.1f} MiB for {b_size} bytes ({b_rss / s_rss:.2f}x for "
+            f"{b_size / s_size:.0f}x the bytes; growth {(b_rss - s_rss) * 1024 / b_size:.1f} "
+            "bytes per image byte)"
+        )
+
+
+def bench_done() -> None:
+    import statistics
+
+    reactions: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        real_write = os.write
+        flipped: list[float] = []
+
+        def finish() -> None:
+            (d / "status").write_text("idle\n")
+            flipped.append(time.perf_counter())
+
+        for i in range(40):
+            for name, content in {
+                "loading": "0\n", "status": "idle\n", "error": "", "remaining_size": "0\n",
+                "data": "",
+            }.items():  # fmt: skip
+                (d / name).write_text(content)
+            busy_for = 0.05 + 0.0137 * i  # 50 ms to 0.6 s: every phase of the poll schedule
+
+            def fake_write(fd: int, data: bytes | memoryview, busy: float = busy_for) -> int:
+                n = real_write(fd, data)
+                if bytes(data) == b"0" and os.readlink(f"/proc/self/fd/{fd}").endswith("loading"):
+                    (d / "status").write_text("transferring\n")
+                    threading.Timer(busy, finish).start()
+                return n
+
+            os.write = fake_write  # type: ignore[assignment]
+            try:
+                flipped.clear()
+                uploader.upload(d, b"x" * 8192, timeout=30)
+                reactions.append(time.perf_counter() - flipped[0])
+            finally:
+                os.write = real_write  # type: ignore[assignment]
+    print(
+        f"done: kernel done -> upload() returns: median {statistics.median(reactions) * 1e3:.1f}"
+        f" ms, max {max(reactions) * 1e3:.1f} ms over {len(reactions)} updates (the poll "
+        f"schedule's bound: {uploader.MAX_POLL_INTERVAL * 1e3:.0f} ms)"
+    )
+
+
 BENCHES = {
     "verify": bench_verify,
     "convert": bench_convert,
@@ -252,6 +477,10 @@ BENCHES = {
     "watch": bench_watch,
     "memory": bench_memory,
     "mapping": bench_mapping,
+    "listing": bench_listing,
+    "scale": bench_scale,
+    "rss": bench_rss,
+    "done": bench_done,
 }
 
 if __name__ == "__main__":

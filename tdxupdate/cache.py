@@ -243,7 +243,7 @@ class Cache:
     def put_entry(self, entry: Entry) -> None:
         data = json.dumps(entry.to_json(), indent=1, sort_keys=True).encode() + b"\n"
         with self._dir("index") as directory:
-            _atomic_write(directory, self._index_name(entry.url), data)
+            atomic_write(directory, self._index_name(entry.url), data)
 
     def drop_entry(self, url: str) -> None:
         with self._dir("index") as directory:
@@ -337,7 +337,7 @@ class Staged:
         self._dir.close()
 
 
-def _atomic_write(directory: SafeDir, name: str, data: bytes) -> None:
+def atomic_write(directory: SafeDir, name: str, data: bytes) -> None:
     """Write ``data`` as ``name`` in ``directory`` so that readers see the old file or the
     new one, never a part (a symbolic link in its place is replaced, not followed)."""
     path = directory.path / name

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+from tdxupdate import verdicts
 from tdxupdate.errors import DataError, NotFound, from_oserror
 from tdxupdate.versions import Version
 
@@ -542,7 +543,47 @@ def parse_catalog(data: bytes | bytearray | memoryview | str, source: str) -> Ca
     Raises :class:`DataError` with code ``mapping-invalid`` (one line:
     ``<source>: $.tdx_module_releases[3].version: <problem>``, the first problem in document
     order, then how many more there are) or ``mapping-unsupported`` (``Header.Version`` not 1.x).
+
+    While listing (:func:`tdxupdate.verdicts.listing`), bytes this tool version already found
+    valid under this schema are only decoded (no jsonschema import, no validation pass); any
+    other bytes are validated in full and, when valid, remembered.
     """
+    store = verdicts.current()
+    if store is None:
+        return _parse_checked(data, source)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) <= MAX_MAPPING_SIZE and store.known("mapping", raw):
+        known = _parse_known(raw, source)
+        if known is not None:
+            return known
+    catalog = _parse_checked(data, source)
+    store.add("mapping", raw)
+    return catalog
+
+
+def _catalog_of(doc: dict[str, Any], source: str) -> Catalog:
+    header = doc["Header"]
+    return Catalog(
+        header_version=header["Version"],
+        releases=tuple(_release(item) for item in doc["tdx_module_releases"]),
+        source=source,
+        header=header,
+    )
+
+
+def _parse_known(raw: bytes, source: str) -> Catalog | None:
+    """The catalog of bytes with a ``mapping`` verdict; None (validate in full) should they not
+    decode to what a valid file does (a verdict store is never believed beyond that)."""
+    try:
+        doc = json.loads(_decode(raw, source))
+        if not isinstance(doc, dict):
+            return None
+        return _catalog_of(doc, source)
+    except Exception:  # a DataError, or a shape only a valid file is sure to have
+        return None
+
+
+def _parse_checked(data: bytes | bytearray | memoryview | str, source: str) -> Catalog:
     doc = _load_json(_decode(data, source), source)
     structure = _structure_problems(doc)
     if structure:
@@ -558,13 +599,7 @@ def parse_catalog(data: bytes | bytearray | memoryview | str, source: str) -> Ca
     semantic = _semantic_problems(doc)
     if semantic:
         _raise(source, semantic)
-    header = doc["Header"]
-    return Catalog(
-        header_version=header["Version"],
-        releases=tuple(_release(item) for item in doc["tdx_module_releases"]),
-        source=source,
-        header=header,
-    )
+    return _catalog_of(doc, source)
 
 
 def load_catalog(path: Path | str) -> Catalog:

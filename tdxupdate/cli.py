@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -465,10 +464,16 @@ def run_action(settings: Settings) -> Any:
         report.live = _echo
         report.live_warn = _log.get_logger().warning
     try:
-        if settings.action == "status":
-            actions.run_status(settings, report)
-        elif settings.action == "list":
-            actions.run_list(settings, report)
+        if settings.action in ("status", "list"):
+            # Listing only: verdicts kept from earlier runs may spare work (issue 14); --update
+            # and --verify compute every verdict themselves.
+            from tdxupdate import verdicts
+
+            with verdicts.listing(settings.cache_dir):
+                if settings.action == "status":
+                    actions.run_status(settings, report)
+                else:
+                    actions.run_list(settings, report)
         elif settings.action == "verify":
             actions.run_verify(settings, report)
         elif settings.action == "history":
@@ -497,6 +502,14 @@ def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
     from tdxupdate.sim import simulated_host
 
     cache = (settings.cache_dir or default_cache_dir()) / "sim"
+    from tdxupdate.sim.repo import is_cached
+
+    if not is_cached(cache):
+        _log.notice(
+            "--simulate: first run: generating the sample repository (an RSA-3072 key and "
+            "the signed sample images, a few seconds); it is kept in %s and reused",
+            cache,
+        )
     with contextlib.ExitStack() as stack:
         with _signals.critical():  # the directory exists only with its removal registered
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="tdxupdate-sim-state-"))
@@ -627,6 +640,8 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         return _fail(TdxError("interrupted", code="interrupted"), as_json)
     except TdxError as exc:
         if verbosity >= 2:
+            import traceback
+
             traceback.print_exc()
         return _fail(exc, as_json)
     except KeyboardInterrupt:
@@ -638,6 +653,8 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         return 141
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if verbosity >= 1:
+            import traceback
+
             traceback.print_exc()
         return _fail(
             TdxError(

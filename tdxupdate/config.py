@@ -27,12 +27,10 @@ switches (action, ``dry_run``, ``json``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +254,8 @@ def _suggest(key: str) -> str | None:
         return normal
     if normal in _ALIASES:
         return _ALIASES[normal]
+    import difflib  # only when a key is misspelt
+
     close = difflib.get_close_matches(normal, list(KEYS), n=1, cutoff=0.6)
     return close[0] if close else None
 
@@ -278,7 +278,7 @@ def _key_line(text: str, key: str) -> int | None:
 _TOML_WHERE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
 
 
-def _syntax_problem(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigProblem:
+def _syntax_problem(path: Path, text: str, exc: Exception) -> ConfigProblem:
     message = str(exc)
     m = _TOML_WHERE.search(message)
     line = column = None
@@ -293,6 +293,8 @@ def _syntax_problem(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> Conf
 
 def parse_config(text: str, path: Path) -> dict[str, object]:
     """Validate the text of a configuration file; the Settings overrides it asks for."""
+    import tomllib  # only when there is a configuration file
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -29,6 +29,7 @@ Rules decided here where the spec leaves room (all documented at the check that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tdxupdate import verdicts
 from tdxupdate.errors import InvalidImage, NotFound, from_oserror
 from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
 from tdxupdate.versions import Version
@@ -106,6 +108,26 @@ def _layout(*fields: Field) -> dict[str, Field]:
     return {f.name: f for f in fields}
 
 
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _int_reader(layout: dict[str, Field]) -> tuple[tuple[str, ...], struct.Struct]:
+    """The integer fields of ``layout`` and one Struct that unpacks them all in one call."""
+    ints = sorted((f for f in layout.values() if not f.raw), key=lambda f: f.offset)
+    fmt, at = "<", 0
+    for f in ints:
+        fmt += f"{f.offset - at}x{_INT_CODES[f.size]}"
+        at = f.offset + f.size
+    return tuple(f.name for f in ints), struct.Struct(fmt)
+
+
+def _read_ints(
+    reader: tuple[tuple[str, ...], struct.Struct], buf: bytes | memoryview
+) -> dict[str, int]:
+    names, unpacker = reader
+    return dict(zip(names, unpacker.unpack_from(buf), strict=True))
+
+
 # Format A, "tdx_blob" v0x100: a 4096-byte header (image-formats.md §1, Intel blob_structure.txt).
 FORMAT_A_HEADER = _layout(
     Field("version", 0x000, 2),  # 0x0100
@@ -167,6 +189,11 @@ _SIGSTRUCT_CONSTANTS = {
 }
 
 
+_SIGSTRUCT_INTS = _int_reader(SIGSTRUCT_LAYOUT)
+_FORMAT_A_INTS = _int_reader(FORMAT_A_HEADER)
+_FORMAT_B_INTS = _int_reader(FORMAT_B_HEADER)
+
+
 def _hex(value: int, width: int = 0) -> str:
     return f"0x{value:0{width}x}"
 
@@ -217,7 +244,7 @@ class Sigstruct:
     def is_debug(self) -> bool:
         return bool(self.module_type & DEBUG_BIT)
 
-    @property
+    @functools.cached_property
     def signer(self) -> str:
         """SHA-256 hex of the 384 modulus bytes as stored: the trusted-signer identity (§4.4)."""
         return hashlib.sha256(self.modulus).hexdigest()
@@ -229,7 +256,7 @@ class Sigstruct:
         if len(raw) != SIGSTRUCT_SIZE:
             raise _container_error(f"sigstruct is {len(raw)} bytes, expected {SIGSTRUCT_SIZE}")
         layout = SIGSTRUCT_LAYOUT
-        f = {name: field.read_int(raw) for name, field in layout.items() if not field.raw}
+        f = _read_ints(_SIGSTRUCT_INTS, raw)
         for name, expected in _SIGSTRUCT_CONSTANTS.items():
             if f[name] != expected:
                 raise _container_error(
@@ -432,6 +459,8 @@ def _identify(view: memoryview, size: int) -> int:
 
 
 def _first_nonzero(data: bytes) -> int | None:
+    if data == bytes(len(data)):  # the usual case, in one comparison
+        return None
     rest = data.lstrip(b"\0")
     return len(data) - len(rest) if rest else None
 
@@ -455,7 +484,7 @@ def _check_padding(view: memoryview, start: int, end: int) -> None:
 
 
 def _inspect_format_a(view: memoryview, size: int) -> tuple[int, int, int]:
-    h = {name: field.read_int(view) for name, field in FORMAT_A_HEADER.items() if not field.raw}
+    h = _read_ints(_FORMAT_A_INTS, view)
     offset = h["offset_of_module"]
     length = h["length"]
     if length != size:
@@ -482,7 +511,7 @@ def _inspect_format_a(view: memoryview, size: int) -> tuple[int, int, int]:
 
 
 def _inspect_format_b(view: memoryview, size: int) -> tuple[int, int, int]:
-    h = {name: field.read_int(view) for name, field in FORMAT_B_HEADER.items() if not field.raw}
+    h = _read_ints(_FORMAT_B_INTS, view)
     sig_pages = h["sigstruct_nr_pages"]
     mod_pages = h["module_nr_pages"]
     if not 1 <= sig_pages <= MAX_SIGSTRUCT_PAGES:
@@ -556,14 +585,36 @@ def verify_signature(sig: Sigstruct) -> bool:
     return em is not None and em == _expected_block(sig)
 
 
-def _signature_check(sig: Sigstruct) -> Check:
-    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process."""
+def _signature_check(sig: Sigstruct, *, reuse_verdicts: bool = True) -> Check:
+    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process.
+
+    While listing, a success :mod:`tdxupdate.verdicts` holds for these exact sigstruct bytes
+    (modulus and signature included) stands in for the computation. Such a verdict is never put
+    in the process memo: only a computed verdict is, so whatever runs after the listing in this
+    process (``--update``'s full verification) computes its own.
+    """
     key = hashlib.sha384(sig.raw).digest()
     check = _signature_checks.get(key)
-    if check is None:
-        check = _compute_signature_check(sig)
-        _remember(_signature_checks, key, check)
+    if check is not None:
+        return check
+    store = verdicts.current() if reuse_verdicts else None
+    if store is not None and store.known("signature", sig.raw, sig.modulus, sig.signature):
+        return _signature_ok(_expected_block(sig))
+    check = _compute_signature_check(sig)
+    _remember(_signature_checks, key, check)
+    if store is not None and check.ok:
+        store.add("signature", sig.raw, sig.modulus, sig.signature)
     return check
+
+
+def _signature_ok(expected: bytes) -> Check:
+    message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
+    return Check(
+        "signature",
+        True,
+        f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
+        f"(SHA-384 {_short(message_digest)})",
+    )
 
 
 def _compute_signature_check(sig: Sigstruct) -> Check:
@@ -571,12 +622,7 @@ def _compute_signature_check(sig: Sigstruct) -> Check:
     message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
     em = _decode_signature(sig)
     if em == expected:
-        return Check(
-            "signature",
-            True,
-            f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
-            f"(SHA-384 {_short(message_digest)})",
-        )
+        return _signature_ok(expected)
     if em is None:
         detail = (
             "signature cannot be checked: the modulus is not an odd 3072-bit number or the "
@@ -684,12 +730,16 @@ def header_checks(
     trusted_signers: Collection[str],
     allow_debug: bool,
     expected_version: Version | None,
+    reuse_verdicts: bool = True,
 ) -> tuple[Check, ...]:
     """The checks computable from the head alone, in CHECK_NAMES order:
-    signature, trusted-signer, version, debug, cpuid-table."""
+    signature, trusted-signer, version, debug, cpuid-table.
+
+    ``reuse_verdicts`` False computes the signature whatever :mod:`tdxupdate.verdicts` holds
+    (:func:`verify` always does)."""
     sig = info.sigstruct
     return (
-        _signature_check(sig),
+        _signature_check(sig, reuse_verdicts=reuse_verdicts),
         _trusted_signer_check(sig, _normalise_signers(trusted_signers)),
         _version_check(sig, expected_version),
         _debug_check(sig, allow_debug),
@@ -755,6 +805,7 @@ def verify(
         trusted_signers=trusted_signers,
         allow_debug=allow_debug,
         expected_version=expected_version,
+        reuse_verdicts=False,  # a whole image is judged from its own bytes, always
     )
     return Verification(info, (container, checksum, seamhash, *rest))
 
@@ -939,15 +990,28 @@ def _open_error(exc: OSError, path: Path) -> Exception:
     return from_oserror(exc, str(path))
 
 
-def read_head(path: Path) -> tuple[bytes, int]:
-    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`."""
+def read_head(path: Path | str) -> tuple[bytes, int]:
+    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`.
+
+    Plain descriptor calls, no file object: a listing reads thousands of heads."""
     try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(HEAD_SIZE)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _open_error(exc, path) from exc
-    return head, size
+        raise _open_error(exc, Path(path)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidImage(f"{path}: not a regular file")
+        chunks = [os.read(fd, HEAD_SIZE)]
+        got = len(chunks[0])
+        while 0 < got < HEAD_SIZE and (more := os.read(fd, HEAD_SIZE - got)):
+            chunks.append(more)
+            got += len(more)
+    except OSError as exc:
+        raise _open_error(exc, Path(path)) from exc
+    finally:
+        os.close(fd)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0], st.st_size
 
 
 def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:

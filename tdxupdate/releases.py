@@ -17,7 +17,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 
 from tdxupdate.versions import Version
@@ -82,5 +82,16 @@ def parse_table(doc: object) -> ReleaseTable:
 @functools.cache
 def intel_releases() -> ReleaseTable:
     """Intel's published releases, signed by Intel's production key."""
-    text = resources.files("tdxupdate").joinpath("data/intel-releases.json").read_text("utf-8")
-    return parse_table(json.loads(text))
+    return parse_table(json.loads(package_data("data/intel-releases.json")))
+
+
+def package_data(name: str) -> bytes:
+    """A file shipped in the package: read beside this module (importlib.resources and the
+    archive modules it pulls in cost more start-up than the read), through importlib.resources
+    where the package is not a directory (a zip)."""
+    try:
+        return (Path(__file__).parent / name).read_bytes()
+    except OSError:
+        from importlib import resources
+
+        return resources.files("tdxupdate").joinpath(name).read_bytes()

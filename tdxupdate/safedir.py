@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -133,6 +132,8 @@ class SafeDir:
 
     def mkstemp(self, prefix: str, suffix: str = "") -> tuple[int, str]:
         """A new empty file (mode 0600, ``O_EXCL``) in this directory: its fd and name."""
+        import secrets  # writers only: a listing that only reads does not load it
+
         for _ in range(100):
             name = f"{prefix}{secrets.token_hex(6)}{suffix}"
             try:

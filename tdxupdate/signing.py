@@ -10,14 +10,16 @@ RSA with e = 65537, PKCS#1 v1.5 (RFC 8017 §8.2, §9.2) over SHA-384, the scheme
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-import random
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # key generation only: the verifier does not import them
+    import random
 
 #: DER of DigestInfo{AlgorithmIdentifier{id-sha384 (2.16.840.1.101.3.4.2.2), NULL},
 #: OCTET STRING(48)} (RFC 8017 §9.2 note 1); the 48-byte digest follows it.
@@ -25,12 +27,19 @@ SHA384_DIGEST_INFO = bytes.fromhex("3041300d060960864801650304020205000430")
 
 PUBLIC_EXPONENT = 65537
 
+
 # Candidates sharing a factor with this product are discarded with one gcd before the
 # expensive Miller–Rabin rounds; primes below 2000 remove about 85 % of odd candidates.
-_SMALL_PRIMES = tuple(
-    p for p in range(3, 2000, 2) if all(p % q for q in range(3, math.isqrt(p) + 1, 2))
-)
-_SMALL_PRIMORIAL = math.prod(_SMALL_PRIMES)
+# Computed on first use: verifying (every run) needs neither.
+@functools.cache
+def _small_primes() -> tuple[int, ...]:
+    return tuple(p for p in range(3, 2000, 2) if all(p % q for q in range(3, math.isqrt(p) + 1, 2)))
+
+
+@functools.cache
+def _small_primorial() -> int:
+    return math.prod(_small_primes())
+
 
 # FIPS 186-5 table B.1 asks for 4 rounds for 1536-bit factors with random bases; 16 costs
 # little more and keeps small test keys (1024 bits) just as safe from composites.
@@ -52,9 +61,11 @@ def is_probable_prime(n: int, rng: random.Random | None = None) -> bool:
     """Miller–Rabin with random bases after trial division by the primes below 2000."""
     if n < 2:
         return False
-    for p in (2, *_SMALL_PRIMES):
+    for p in (2, *_small_primes()):
         if n % p == 0:
             return n == p
+    import random
+
     r = random.Random(n) if rng is None else rng
     d, s = n - 1, 0
     while d % 2 == 0:
@@ -77,7 +88,7 @@ def _random_prime(bits: int, e: int, rng: random.Random) -> int:
     while True:
         # The top two bits set make the product of two such primes exactly 2*bits long.
         candidate = rng.getrandbits(bits) | (0b11 << (bits - 2)) | 1
-        if math.gcd(candidate, _SMALL_PRIMORIAL) != 1:
+        if math.gcd(candidate, _small_primorial()) != 1:
             continue
         if math.gcd(candidate - 1, e) != 1:
             continue
@@ -171,6 +182,8 @@ def generate_key(bits: int = 3072, *, rng: random.Random | None = None) -> RsaKe
     """
     if bits < 1024 or bits % 2:
         raise ValueError(f"key size {bits} bits: must be even and at least 1024")
+    import secrets
+
     source = rng if rng is not None else secrets.SystemRandom()
     e = PUBLIC_EXPONENT
     while True:

@@ -70,33 +70,34 @@ class LocalRepository:
         is what the policy checks, and the sigstruct cross-checks it).
         """
         found: dict[Version, ImageRef] = {}
-        joined = self.root / "joined_files"
+        # Strings, not Paths: a repository of thousands of images pays for every object.
+        joined = str(self.root / "joined_files")  # as pathlib spells it ("./x" is "x")
         try:
-            stream_dirs = sorted(p for p in joined.iterdir() if p.is_dir())
+            with os.scandir(joined) as entries:
+                stream_dirs = sorted(e.path for e in entries if e.is_dir())
         except FileNotFoundError:
             return found
         except OSError as exc:
-            raise from_oserror(exc, str(joined)) from exc
+            raise from_oserror(exc, joined) from exc
         for stream_dir in stream_dirs:
             try:
                 names = sorted(os.listdir(stream_dir))
             except OSError as exc:
-                raise from_oserror(exc, str(stream_dir)) from exc
+                raise from_oserror(exc, stream_dir) from exc
             for name in names:
                 m = _BLOB_RE.match(name)
                 if m is None:
                     continue
                 version = Version.parse(m.group(1))
-                expected = self.root / blob_relpath(version)
-                path = stream_dir / name
+                path = os.path.join(stream_dir, name)
                 # Prefer the file at its canonical place when a version appears twice.
-                if version in found and path != expected:
+                if version in found and path != str(self.root / blob_relpath(version)):
                     continue
-                found[version] = ImageRef(version, str(path))
+                found[version] = ImageRef(version, path)
         return found
 
     def head(self, ref: ImageRef) -> tuple[bytes, int]:
-        return _image.read_head(Path(ref.location))
+        return _image.read_head(ref.location)
 
     def read(self, ref: ImageRef) -> bytes:
         return self.read_path(Path(ref.location))

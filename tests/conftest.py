@@ -1,3 +1,26 @@
 """Shared pytest fixtures (factories live in tests/factories/)."""
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
+
+from tdxupdate import verdicts
+
+
+@pytest.fixture(scope="session")
+def _verdict_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verdict-cache")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_verdict_store(_verdict_dir: Path) -> Iterator[None]:
+    """A listing without --cache-dir keeps its verdicts here, never in /var/cache/tdxupdate or
+    the user's ~/.cache (entries are keyed by content, so one directory serves every test)."""
+    real = verdicts.default_dir
+    verdicts.default_dir = lambda: _verdict_dir  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        verdicts.default_dir = real  # type: ignore[assignment]

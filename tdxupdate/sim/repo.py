@@ -173,6 +173,17 @@ def _is_current(repo: Path, key: RsaKey) -> bool:
     }
 
 
+def is_cached(cache_dir: Path) -> bool:
+    """Whether :func:`ensure_sample_repo` will find the key and a current repository (and so
+    return in well under a second instead of generating them, which takes seconds)."""
+    key_path = Path(cache_dir) / KEY_FILE
+    try:
+        key = RsaKey.from_json(key_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return _is_current(Path(cache_dir) / REPO_DIR, key)
+
+
 def ensure_sample_repo(cache_dir: Path) -> SampleRepo:
     """The sample repository under ``cache_dir``, generated (with its key) on first use."""
     cache_dir = Path(cache_dir)
