@@ -940,14 +940,25 @@ SAMPLE_TREES = {
 }
 
 
+#: On a real host ``/sys/class/firmware/<name>`` is a symbolic link to the device's firmware
+#: directory: two names of one directory. A copy of a tree keeps either name (an sdist keeps the
+#: files under the link's name and drops the target's), so trees are compared under one name.
+_DEVICE_FIRMWARE = "sys/devices/faux/tdx_host/firmware/"
+_CLASS_FIRMWARE = "sys/class/firmware/"
+
+
 def _tree(root: Path) -> dict[str, str | bytes]:
-    """What the tool reads from a tree: every file by every path, symlinks followed (an sdist
-    or a copy keeps the files of sys/class/firmware/tdx_module but not the symlink itself)."""
+    """What the tool reads from a tree: every file, symlinks followed, each upload-interface
+    file under its class name (see above)."""
     out: dict[str, str | bytes] = {}
     for top, _dirs, files in os.walk(root, followlinks=True):
         for name in files:
             p = Path(top) / name
-            out[str(p.relative_to(root))] = read_as_root(p)
+            rel = str(p.relative_to(root))
+            if rel.startswith(_DEVICE_FIRMWARE):
+                rel = _CLASS_FIRMWARE + rel[len(_DEVICE_FIRMWARE) :]
+            data = read_as_root(p)
+            assert out.setdefault(rel, data) == data, f"{rel}: the two names differ"
     return dict(sorted(out.items()))
 
 
