@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from tdxupdate import releases
-from tdxupdate.config import ConfigError, ConfigProblem
-from tdxupdate.errors import NotFound, from_oserror
+from tdxupdate.config import ConfigError, ConfigProblem, read_operator_file
+from tdxupdate.errors import NotFound
 from tdxupdate.versions import Version, try_parse
 
 __all__ = [
@@ -273,30 +273,10 @@ def parse_allowlist(text: str, path: Path) -> Allowlist:
 
 
 def _read_operator_file(path: Path, limit: int, what: str) -> str:
-    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
-
     try:
-        data, st = read_capped(path, limit)
-    except TooLarge:
-        raise ConfigError(
-            [ConfigProblem(path, None, None, f"larger than {limit // 1024} KiB, not {what}")]
-        ) from None
+        return read_operator_file(path, limit, what)
     except FileNotFoundError as exc:
         raise NotFound(f"{path}: {what} does not exist", code="config-not-found") from exc
-    except IsADirectoryError:
-        raise ConfigError(
-            [ConfigProblem(path, None, None, f"is a directory, not {what}")]
-        ) from None
-    except OSError as exc:
-        raise from_oserror(exc, str(path)) from exc
-    why = unsafe(st)
-    if why is not None:
-        raise ConfigError([ConfigProblem(path, None, None, f"refused: {why}")])
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError([ConfigProblem(path, line, None, "not UTF-8 text")]) from None
 
 
 def load_allowlist(path: Path) -> Allowlist:

@@ -340,23 +340,40 @@ def load_config(path: Path, *, required: bool) -> dict[str, object]:
     Raises :class:`ConfigError` (``config-invalid``, 78) for bad content, ``config-not-found``
     (66) when a required file is missing, and the usual permission/I/O errors otherwise.
     """
-    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
-
     try:
-        data, st = read_capped(path, MAX_CONFIG_SIZE)
-    except TooLarge:
-        raise ConfigError(
-            [ConfigProblem(path, None, None, f"larger than {MAX_CONFIG_SIZE // 1024} KiB")]
-        ) from None
+        text = read_operator_file(
+            path,
+            MAX_CONFIG_SIZE,
+            "a configuration file",
+            too_large=f"larger than {MAX_CONFIG_SIZE // 1024} KiB",
+        )
     except FileNotFoundError as exc:
         if not required:
             return {}
         raise NotFound(
             f"{path}: configuration file does not exist", code="config-not-found"
         ) from exc
+    return parse_config(text, path)
+
+
+def read_operator_file(path: Path, limit: int, what: str, *, too_large: str | None = None) -> str:
+    """The text of a file the operator gives the tool to decide with (the configuration, an
+    allowlist, a tcbInfo file): at most ``limit`` bytes, only from a safe owner
+    (:mod:`tdxupdate.trustedfile`), UTF-8. Bad content is :class:`ConfigError` (78) naming the
+    file (and the line); ``FileNotFoundError`` is left to the caller, which words it.
+    """
+    from tdxupdate.trustedfile import TooLarge, read_capped, unsafe
+
+    try:
+        data, st = read_capped(path, limit)
+    except TooLarge:
+        said = too_large or f"larger than {limit // 1024} KiB, not {what}"
+        raise ConfigError([ConfigProblem(path, None, None, said)]) from None
+    except FileNotFoundError:
+        raise
     except IsADirectoryError:
         raise ConfigError(
-            [ConfigProblem(path, None, None, "is a directory, not a configuration file")]
+            [ConfigProblem(path, None, None, f"is a directory, not {what}")]
         ) from None
     except OSError as exc:
         raise from_oserror(exc, str(path)) from exc
@@ -364,11 +381,10 @@ def load_config(path: Path, *, required: bool) -> dict[str, object]:
     if why is not None:
         raise ConfigError([ConfigProblem(path, None, None, f"refused: {why}")])
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError([ConfigProblem(path, line, None, "not UTF-8 text")]) from None
-    return parse_config(text, path)
 
 
 def config_location(
