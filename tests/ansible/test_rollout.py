@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from factories.sim import mount_sim
 
+from tdxupdate import fence, lock
 from tdxupdate.sim.repo import TRUSTED_KEYS_FILE
 from tdxupdate.sim.session import SimHost
 
@@ -317,3 +319,115 @@ def test_pre_update_command_runs_on_every_host_before_its_update(
     for name in ("h1", "h2", "h3", "h4"):
         assert str(fleet.hosts[name].sysroot) in ran
         assert fleet.version(name) == NEWEST
+
+
+def test_a_held_lock_is_retried_with_back_off_and_the_rollout_continues(
+    fleet_factory: Any, tmp_path: Path
+) -> None:
+    """Another tdxupdate holding the canary's lock is exit 75 (``locked``): the module retries
+    it with back-off, the update goes through once the lock is free, and the rollout goes on."""
+    fleet = fleet_factory()
+    calls = tmp_path / "h1-calls.log"
+    wrapper = tmp_path / "tdxupdate-h1"
+    wrapper.write_text(
+        f'#!/bin/sh\n"{TDXUPDATE}" "$@"\nrc=$?\necho "$* rc=$rc" >> "{calls}"\nexit $rc\n'
+    )
+    wrapper.chmod(0o755)
+    inventory = json.loads(fleet.inventory.read_text())
+    inventory["all"]["children"]["tdx_hosts"]["hosts"]["h1"]["tdxupdate_executable"] = str(wrapper)
+    fleet.inventory.write_text(json.dumps(inventory))
+
+    held = lock.acquire(tmp_path / "state-h1")
+    refused = threading.Event()
+
+    def release_after_a_refusal() -> None:
+        # Free the lock only once h1's real --update has been refused with 75.
+        while not refused.is_set():
+            lines = calls.read_text().splitlines() if calls.exists() else []
+            if any("--update --json rc=75" in line for line in lines):
+                refused.set()
+            else:
+                refused.wait(0.05)
+        held.release()
+
+    watcher = threading.Thread(target=release_after_a_refusal, daemon=True)
+    watcher.start()
+    try:
+        run = fleet.play(
+            "rolling_update", *rollout_args(fleet, "-e", "tdxupdate_busy_delay=0.5", "-v")
+        )
+    finally:
+        refused.set()
+        watcher.join(10)
+        held.release()
+    updates = [
+        line.rsplit(" rc=", 1)[1]
+        for line in calls.read_text().splitlines()
+        if "--update" in line and "--dry-run" not in line
+    ]
+    # refused (75) while the lock was held, at least once, then one run that went through
+    assert len(updates) >= 2 and set(updates[:-1]) == {"75"} and updates[-1] == "0", updates
+    assert '"error_code": "locked"' in run.output, run.output
+    assert fleet.uploads("h1") == 1  # the refused run never reached the kernel
+    for name in fleet.hosts:
+        assert fleet.version(name) == NEWEST
+
+
+def test_fence_and_hook_options_reach_tdxupdate(fleet_factory: Any, tmp_path: Path) -> None:
+    """``tdxupdate_fence_timeout`` is --fence-timeout: a TD build on the canary outlasting it
+    is td-build-in-progress, nothing is written anywhere; ``tdxupdate_post_update_command``
+    runs after the attempt."""
+    fleet = fleet_factory()
+    upload_dir = Path(fleet.hosts["h1"].sysroot) / "sys/class/firmware/tdx_module"
+    log = tmp_path / "post-update.log"
+    fence.register(upload_dir, "td1")
+    try:
+        run = fleet.play(
+            "rolling_update",
+            *rollout_args(
+                fleet,
+                "-e",
+                json.dumps(
+                    {
+                        "tdxupdate_fence_timeout": 0.3,
+                        "tdxupdate_busy_retries": 0,
+                        "tdxupdate_post_update_command": f"echo done >> {log}",
+                        "tdxupdate_hook_timeout": 10,
+                    }
+                ),
+            ),
+            check=False,
+        )
+    finally:
+        fence.unregister(upload_dir, "td1")
+    assert run.rc != 0
+    assert "td-build-in-progress" in run.output, run.output
+    assert "still in progress after 0.3 s" in run.output, run.output
+    for name in fleet.hosts:
+        assert fleet.writes(name) == 0, f"{name} was written to"
+    assert not log.exists()  # the fence refused before any attempt: no post-update command
+
+    again = fleet.play(
+        "rolling_update",
+        *rollout_args(
+            fleet, "-e", json.dumps({"tdxupdate_post_update_command": f"echo done >> {log}"})
+        ),
+    )
+    assert again.rc == 0
+    assert log.read_text().splitlines() == ["done"] * FLEET
+    for name in fleet.hosts:
+        assert fleet.version(name) == NEWEST
+
+
+def test_facts_carry_the_attestation_keys(fleet_factory: Any) -> None:
+    fleet = fleet_factory({"h8": {"module": "1.5.08"}})
+    out = fleet.record.parent / "report"
+    fleet.play("fleet_report", "-e", f"tdxupdate_report_dir={out}")
+    report = json.loads((out / "fleet-report.json").read_text())
+    rows = {row["host"]: row for row in report["rows"]}
+    for row in rows.values():
+        assert row["in_mapping"] is True
+        assert row["identity_source"] == "published"
+        assert row["module_identity"] == "TDX_01"
+        assert row["target_svn_gain"] is True
+    assert report["not_in_mapping"] == [] and report["no_svn_gain"] == []

@@ -29,7 +29,10 @@ report: "{{ facts_by_host | tdxupdate.tdx.tdx_fleet_report }}"
 
 RETURN = r"""
 _value:
-  description: rows, reference_values (current, after_rollout, during_rollout), min_seamsvn.
+  description:
+    - rows, reference_values (current, after_rollout, during_rollout), min_seamsvn,
+      min_seamsvn_after_rollout, svn_unknown, module_lost, not_in_mapping (hosts running a
+      version the mapping file does not list), no_svn_gain (hosts whose update raises no SEAMSVN).
   type: dict
 """
 
@@ -47,6 +50,10 @@ COLUMNS = (
     "target_version",
     "target_seamsvn",
     "target_mrseam",
+    "module_identity",
+    "identity_source",
+    "in_mapping",
+    "target_svn_gain",
 )
 
 
@@ -90,6 +97,10 @@ def tdx_fleet_report(facts_by_host):
                 target_version=plan.get("version") or fact.get("module_version"),
                 target_seamsvn=plan.get("seamsvn") or fact.get("seamsvn"),
                 target_mrseam=plan.get("mrseam") or fact.get("mrseam"),
+                module_identity=fact.get("module_identity"),
+                identity_source=fact.get("identity_source"),
+                in_mapping=fact.get("in_mapping"),
+                target_svn_gain=plan.get("svn_gain") if plan.get("would_change") else None,
             )
         )
     current = _union(_ref(r["module_version"], r["seamsvn"], r["mrseam"]) for r in rows)
@@ -110,6 +121,8 @@ def tdx_fleet_report(facts_by_host):
             ("0x%04x" % min(after_known)) if after_known and len(after_known) == len(rows) else None
         ),
         svn_unknown=[r["host"] for r in rows if _svn(r["seamsvn"]) is None],
+        not_in_mapping=[r["host"] for r in rows if r["in_mapping"] is False],
+        no_svn_gain=[r["host"] for r in rows if r["target_svn_gain"] is False],
     )
 
 
@@ -145,6 +158,14 @@ def tdx_report_markdown(report):
     ]
     if report["svn_unknown"]:
         lines.append("SEAMSVN unknown on: " + ", ".join(report["svn_unknown"]))
+    if report.get("not_in_mapping"):
+        lines.append(
+            "Running a version the mapping file does not list: " + ", ".join(report["not_in_mapping"])
+        )
+    if report.get("no_svn_gain"):
+        lines.append(
+            "Update raises no SEAMSVN (TDs attest no newer TCB) on: " + ", ".join(report["no_svn_gain"])
+        )
     lines.append("Module lost on: " + (", ".join(report["module_lost"]) or "none"))
     return "\n".join(lines) + "\n"
 

@@ -22,30 +22,9 @@ description:
 version_added: "0.1.0"
 author:
   - tdxupdate developers (@tdxupdate)
+extends_documentation_fragment:
+  - tdxupdate.tdx.common
 options:
-  executable:
-    description: The tdxupdate program on the managed host.
-    type: str
-    default: tdxupdate
-  repo:
-    description: Module repository (directory or URL), as C(--repo).
-    type: str
-  config:
-    description: tdxupdate configuration file, as C(--config).
-    type: path
-  sysroot:
-    description: Read C(/sys) and C(/proc) under this directory, as C(--sysroot).
-    type: path
-  state_dir:
-    description: Lock and history directory, as C(--state-dir).
-    type: path
-  trusted_keys:
-    description: File of extra trusted signer fingerprints, as C(--trusted-keys).
-    type: path
-  offline:
-    description: Remote repositories only from the cache, as C(--offline).
-    type: bool
-    default: false
   allow_debug:
     description: Count debug-signed modules as eligible in the plan. Never enable on production.
     type: bool
@@ -61,11 +40,6 @@ options:
     description: Also report the last recorded update attempt.
     type: bool
     default: true
-  extra_args:
-    description: Further tdxupdate arguments, one list item each.
-    type: list
-    elements: str
-    default: []
 notes:
   - Supports check mode.
 """
@@ -91,9 +65,12 @@ ansible_facts:
   contains:
     tdxupdate:
       description:
-        - module_version, seamldr_version, seamsvn, mrseam, num_remaining_updates, module_lost,
-          failed_checks, warnings, last_result, last_attempt, plan (target version, seamsvn,
-          mrseam, would_change, error).
+        - module_version, seamldr_version, seamsvn, mrseam, mrseam_prefix, module_identity,
+          identity_source (where SEAMSVN and MRSEAM come from, C(published), Intel's release table,
+          or C(repository), the image in the repository), in_mapping (the running version is in the mapping file),
+          num_remaining_updates, module_lost, failed_checks, warnings, last_result,
+          last_attempt, plan (target version, seamsvn, mrseam, svn_gain, tcb_status,
+          would_change, warnings, error).
       type: dict
       returned: always
 """
@@ -139,6 +116,10 @@ def main():
         module_version=identity["version"],
         seamsvn=identity["seamsvn"],
         mrseam=identity["mrseam"],
+        mrseam_prefix=host.get("mrseam_prefix"),
+        module_identity=host.get("module_identity"),
+        identity_source=host.get("identity_source"),
+        in_mapping=host.get("in_mapping"),
         seamldr_version=host.get("seamldr_version"),
         num_remaining_updates=host.get("num_remaining_updates"),
         cpu_signature=host.get("cpu_signature"),
@@ -169,10 +150,19 @@ def main():
         to_version = (p_doc or {}).get("to_version")
         if to_version:
             target["version"] = to_version
+        selected = (p_doc or {}).get("selected") or {}
         would = bool(p_rc == 0 and to_version and to_version != identity["version"])
         if not would:
             target = dict(identity)
-        target.update(rc=p_rc, would_change=would, error_code=code, message=message)
+        target.update(
+            rc=p_rc,
+            would_change=would,
+            svn_gain=(p_doc or {}).get("svn_gain") if would else None,
+            tcb_status=selected.get("tcb_status") if would else None,
+            warnings=(p_doc or {}).get("warnings") or [],
+            error_code=code,
+            message=message,
+        )
         facts["plan"] = target
     module.exit_json(changed=False, status=doc, ansible_facts=dict(tdxupdate=facts))
 

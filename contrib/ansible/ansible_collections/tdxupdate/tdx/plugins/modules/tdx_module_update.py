@@ -28,38 +28,17 @@ description:
 version_added: "0.1.0"
 author:
   - tdxupdate developers (@tdxupdate)
+extends_documentation_fragment:
+  - tdxupdate.tdx.common
 options:
-  executable:
-    description: The tdxupdate program on the managed host.
-    type: str
-    default: tdxupdate
   version:
     description: Install exactly this version (after the same checks); default the newest eligible.
     type: str
-  repo:
-    description: Module repository (directory or URL), as C(--repo).
-    type: str
-  config:
-    description: tdxupdate configuration file, as C(--config).
-    type: path
-  sysroot:
-    description: Read and write C(/sys) and C(/proc) under this directory, as C(--sysroot).
-    type: path
-  state_dir:
-    description: Lock and history directory, as C(--state-dir).
-    type: path
-  trusted_keys:
-    description: File of extra trusted signer fingerprints, as C(--trusted-keys).
-    type: path
   timeout:
     description: Longest wait in seconds for the kernel to finish, as C(--timeout).
     type: int
   allow_debug:
     description: Make debug-signed modules eligible. Never enable this on production hosts.
-    type: bool
-    default: false
-  offline:
-    description: Remote repositories only from the cache, as C(--offline).
     type: bool
     default: false
   pre_update_command:
@@ -68,6 +47,21 @@ options:
         generic TD-launch fence), as C(--pre-update-command); if it fails nothing is
         written and tdxupdate exits 75 (C(pre-update-failed)), which I(busy_retries) retries.
     type: str
+  post_update_command:
+    description:
+      - Shell command tdxupdate runs after the attempt, whatever its outcome (for example to
+        let TD launches resume), as C(--post-update-command). Its failure is a warning
+        (C(post-update-failed)), never a failed update.
+    type: str
+  hook_timeout:
+    description: Longest run in seconds of each of those commands, as C(--hook-timeout).
+    type: float
+  fence_timeout:
+    description:
+      - Longest wait in seconds for TD builds in progress to finish before the first write, as
+        C(--fence-timeout); when they do not, nothing is written and tdxupdate exits 75
+        (C(td-build-in-progress)), which O(busy_retries) retries.
+    type: float
   busy_retries:
     description: Retry this many times when tdxupdate exits 75 (try again later).
     type: int
@@ -76,11 +70,6 @@ options:
     description: Seconds before the first retry; doubled for every further retry, up to 300.
     type: float
     default: 5
-  extra_args:
-    description: Further tdxupdate arguments, one list item each.
-    type: list
-    elements: str
-    default: []
 notes:
   - Supports check mode and diff mode.
   - Runs on the managed host; tdxupdate must be installed there.
@@ -147,6 +136,12 @@ would_change:
   description: Same as C(changed); kept when a task overrides C(changed_when).
   returned: on success
   type: bool
+svn_gain:
+  description:
+    - True when the target's SEAMSVN is above the running one's, false when it is not (TDs
+      attest no newer TCB after this update), null when either is unknown.
+  returned: when tdxupdate printed a document
+  type: bool
 retryable:
   description: True when rc is 75.
   returned: always
@@ -197,6 +192,11 @@ def update_argv(module):
         argv.append("--allow-debug")
     if params["pre_update_command"]:
         argv += ["--pre-update-command", params["pre_update_command"]]
+    if params["post_update_command"]:
+        argv += ["--post-update-command", params["post_update_command"]]
+    for name, flag in (("hook_timeout", "--hook-timeout"), ("fence_timeout", "--fence-timeout")):
+        if params[name] is not None:
+            argv += [flag, "%g" % params[name]]
     return argv
 
 
@@ -207,6 +207,9 @@ def main():
         timeout=dict(type="int"),
         allow_debug=dict(type="bool", default=False),
         pre_update_command=dict(type="str"),
+        post_update_command=dict(type="str"),
+        hook_timeout=dict(type="float"),
+        fence_timeout=dict(type="float"),
         busy_retries=dict(type="int", default=0),
         busy_delay=dict(type="float", default=5),
     )
@@ -259,6 +262,7 @@ def main():
         error_code=code,
         warnings_tdxupdate=doc.get("warnings") or [],
         kernel_error=doc.get("kernel_error"),
+        svn_gain=doc.get("svn_gain"),
     )
 
     if fatal:
