@@ -3,7 +3,7 @@ file and the facts of each image's head) and the candidates the policy judges fr
 
 The read-only actions (:mod:`tdxupdate.readonly`) and ``--update`` share these. The calls into
 host discovery and into the repository are each in one function here (:func:`discover`,
-:func:`open_repo`).
+:func:`open_repo`, :func:`read_image_file`).
 """
 
 from __future__ import annotations
@@ -203,6 +203,11 @@ def open_repo(settings: Settings) -> sources.Repository:
             "interactive": settings.interactive and not settings.json and settings.verbosity >= 0,
         }
     return sources.open_repository(settings.repo, settings.mapping, **options)
+
+
+def read_image_file(path: Path) -> bytes:
+    """An image named on the command line (``--verify FILE``), read as the repository reads."""
+    return sources.LocalRepository.read_path(path)
 
 
 def repository_warnings(report: Report, repo: sources.Repository) -> None:

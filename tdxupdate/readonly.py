@@ -196,9 +196,7 @@ def run_verify(settings: Settings, report: Report) -> None:
         path = settings.verify_path
         if not path.exists():
             raise TdxError(f"{path}: image does not exist", code="image-not-found")
-        check(
-            str(path), version_from_filename(path), lambda: sources.LocalRepository.read_path(path)
-        )
+        check(str(path), version_from_filename(path), lambda: _inv.read_image_file(path))
     else:
         repo = _inv.open_repo(settings)
         catalog = repo.catalog()
