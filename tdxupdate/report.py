@@ -237,10 +237,12 @@ class UpdateDoc:
 
     #: the keys every ``--update`` document has, before the host's
     HEAD = ("selected", "dry_run", "changed", "from_version", "to_version", "kernel_error", "fatal")
-    #: the keys written once the decision is made, after the host and the candidates
-    PLAN = (
-        "signer",
-        "plan",
+    #: the keys written once the module is chosen and verified, after the host and the
+    #: candidates
+    PLAN = ("signer", "plan")
+    #: what TDs attest before and after: written with the plan, before ``tcb``; without a
+    #: plan (nothing to do, refused) once the action is done, after ``tcb``
+    ATTESTATION = (
         "from_seamsvn",
         "from_mrseam",
         "from_mrseam_prefix",
@@ -261,7 +263,7 @@ class UpdateDoc:
         return obj
 
     def to_json(self) -> dict[str, Any]:
-        return self.json_part(self.HEAD + self.PLAN + self.ATTEMPT)
+        return self.json_part(self.HEAD + self.PLAN + self.ATTESTATION + self.ATTEMPT)
 
 
 @dataclass
@@ -339,10 +341,15 @@ class Report:
             doc["images"] = [i.to_json() for i in self.images]
         if self.history is not None:
             doc["history"] = self.history.to_json()
+        planned = self.update is not None and self.update.plan is not UNSET
         if self.update is not None:
             doc.update(self.update.json_part(UpdateDoc.PLAN))
+            if planned:
+                doc.update(self.update.json_part(UpdateDoc.ATTESTATION))
         if self.tcb is not None:
             doc["tcb"] = self.tcb.to_json()
         if self.update is not None:
+            if not planned:
+                doc.update(self.update.json_part(UpdateDoc.ATTESTATION))
             doc.update(self.update.json_part(UpdateDoc.ATTEMPT))
         return doc

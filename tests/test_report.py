@@ -70,7 +70,7 @@ def test_the_top_level_keys_are_the_base_the_documents_and_the_update_keys() -> 
 
 
 def test_the_update_key_groups_cover_every_update_field_once() -> None:
-    groups = UpdateDoc.HEAD + UpdateDoc.PLAN + UpdateDoc.ATTEMPT
+    groups = UpdateDoc.HEAD + UpdateDoc.PLAN + UpdateDoc.ATTESTATION + UpdateDoc.ATTEMPT
     assert sorted(groups) == sorted(names(UpdateDoc))
     # the keys the schema requires of every --update document are the head, always written
     required = next(
@@ -157,6 +157,10 @@ def test_an_update_document_keeps_the_order_it_has_always_had() -> None:
         "tcb",
         "remaining_after",
     ]
+    # without a plan (nothing to do), the attestation keys come once the action is done
+    report.update.plan = UNSET
+    tail = ["host", "candidates", "tcb", "svn_gain", "remaining_after"]
+    assert list(report.document())[-len(tail) :] == tail
     assert doc["schema_version"] == SCHEMA_VERSION and doc["tool_version"] == __version__
     assert doc["ok"] is False and doc["error"]["code"] == "device-busy"
     assert doc["selected"] == candidate().to_json()
