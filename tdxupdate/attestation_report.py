@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tdxupdate.actions import Report
 from tdxupdate.attestation import (
     ModuleValues,
     TcbInfo,
@@ -25,20 +24,21 @@ from tdxupdate.attestation import (
     module_identity,
     relaunch_advised,
 )
+from tdxupdate.report import UNSET, CandidateDoc, HostDoc, Report, TcbDoc, UpdateDoc
 from tdxupdate.settings import Settings
 from tdxupdate.versions import try_parse
 
 
-def running_from_host(host: dict[str, Any]) -> ModuleValues:
-    """The running module's values as :func:`tdxupdate.actions.set_running_identity` put them
-    in the host JSON."""
-    svn = host.get("seamsvn")
+def running_from_host(host: HostDoc) -> ModuleValues:
+    """The running module's values as :func:`tdxupdate.inventory.set_running_identity` put
+    them in the host document."""
+    svn = host.seamsvn
     return ModuleValues(
-        try_parse(str(host.get("module_version") or "")),
+        try_parse(str(host.module_version or "")),
         int(svn, 16) if isinstance(svn, str) else None,
-        host.get("mrseam"),
-        host.get("mrseam_prefix"),
-        host.get("identity_source"),
+        host.mrseam,
+        host.mrseam_prefix,
+        host.identity_source,
     )
 
 
@@ -49,35 +49,33 @@ def svn_gain(before: ModuleValues, after: ModuleValues) -> bool | None:
 
 
 def annotate(settings: Settings, report: Report) -> None:
-    doc = report.doc
-    host = doc.get("host")
-    if not isinstance(host, dict):
+    host = report.host
+    if host is None:
         return
     running = running_from_host(host)
     tcb = settings.tcb_levels
-    for c in [*(doc.get("candidates") or ()), doc.get("selected")]:
-        if isinstance(c, dict):
+    selected = report.update.selected if report.update is not None else None
+    for c in [*(report.candidates or ()), selected]:
+        if c is not None:
             _annotate_candidate(c, running, tcb)
-    if tcb is not None and "tcb" not in doc:
-        doc["tcb"] = {
-            "file": str(tcb.path),
-            "fmspc": tcb.fmspc,
-            "running": tcb.status(running.seamsvn, running.version),
-            "target": None,
-            "td_relaunch_advised": None,
-        }
-    if report.action == "update":
-        _annotate_update(report, running, tcb)
+    if tcb is not None and report.tcb is None:
+        report.tcb = TcbDoc(
+            file=str(tcb.path),
+            fmspc=tcb.fmspc,
+            running=tcb.status(running.seamsvn, running.version),
+        )
+    if report.action == "update" and report.update is not None:
+        _annotate_update(report, report.update, running, tcb)
     elif report.action == "reference-values":
         _annotate_reference_values(report, tcb)
 
 
-def _annotate_candidate(c: dict[str, Any], running: ModuleValues, tcb: TcbInfo | None) -> None:
-    values = candidate_values(c) if c.get("seamsvn") else ModuleValues(try_parse(c["version"]))
-    c["module_identity"] = module_identity(values.version, values.seamsvn)
-    c["svn_gain"] = svn_gain(running, values) if c.get("seamsvn") else None
-    c["tcb_status"] = (
-        tcb.status(values.seamsvn, values.version) if tcb is not None and c.get("seamsvn") else None
+def _annotate_candidate(c: CandidateDoc, running: ModuleValues, tcb: TcbInfo | None) -> None:
+    values = candidate_values(c.to_json()) if c.seamsvn else ModuleValues(try_parse(c.version))
+    c.module_identity = module_identity(values.version, values.seamsvn)
+    c.svn_gain = svn_gain(running, values) if c.seamsvn else None
+    c.tcb_status = (
+        tcb.status(values.seamsvn, values.version) if tcb is not None and c.seamsvn else None
     )
 
 
@@ -85,35 +83,30 @@ def _short(values: ModuleValues) -> str:
     return values.mrseam_text(16) if values.mrseam else values.mrseam_text()
 
 
-def _target(doc: dict[str, Any]) -> ModuleValues:
-    selected = doc.get("selected")
-    if isinstance(selected, dict) and doc.get("to_version") == selected.get("version"):
-        return candidate_values(selected)
+def _target(doc: UpdateDoc) -> ModuleValues:
+    selected = doc.selected
+    if selected is not None and doc.to_version == selected.version:
+        return candidate_values(selected.to_json())
     return ModuleValues(None)
 
 
-def _set_update_keys(doc: dict[str, Any], running: ModuleValues, target: ModuleValues) -> None:
-    doc.update(
-        {
-            "from_seamsvn": fmt_svn(running.seamsvn),
-            "from_mrseam": running.mrseam,
-            "from_mrseam_prefix": running.mrseam_prefix,
-            "to_seamsvn": fmt_svn(target.seamsvn),
-            "to_mrseam": target.mrseam,
-            "svn_gain": svn_gain(running, target) if target.version is not None else None,
-        }
-    )
+def _set_update_keys(doc: UpdateDoc, running: ModuleValues, target: ModuleValues) -> None:
+    doc.from_seamsvn = fmt_svn(running.seamsvn)
+    doc.from_mrseam = running.mrseam
+    doc.from_mrseam_prefix = running.mrseam_prefix
+    doc.to_seamsvn = fmt_svn(target.seamsvn)
+    doc.to_mrseam = target.mrseam
+    doc.svn_gain = svn_gain(running, target) if target.version is not None else None
 
 
 def before_install(settings: Settings, report: Report) -> None:
     """``--update``, once the module to install is verified and before anything is written (a
     dry run stops right after): what TDs will attest, and the warnings that say the update may
     not be worth its cost (``no-svn-gain``) or will change verdicts (``td-relaunch-advised``)."""
-    doc = report.doc
-    host = doc.get("host")
-    if not isinstance(host, dict):
+    doc = report.update
+    if report.host is None or doc is None:
         return
-    running, target = running_from_host(host), _target(doc)
+    running, target = running_from_host(report.host), _target(doc)
     if target.version is None:
         return
     _set_update_keys(doc, running, target)
@@ -124,13 +117,13 @@ def before_install(settings: Settings, report: Report) -> None:
         running_status = tcb.status(running.seamsvn, running.version)
         target_status = tcb.status(target.seamsvn, target.version)
         advised = relaunch_advised(running_status, target_status)
-        doc["tcb"] = {
-            "file": str(tcb.path),
-            "fmspc": tcb.fmspc,
-            "running": running_status,
-            "target": target_status,
-            "td_relaunch_advised": advised,
-        }
+        report.tcb = TcbDoc(
+            file=str(tcb.path),
+            fmspc=tcb.fmspc,
+            running=running_status,
+            target=target_status,
+            td_relaunch_advised=advised,
+        )
         report.note(
             f"TCB ({tcb.path}): running SEAMSVN {before_svn} is {running_status or 'not rated'}, "
             f"{target.version}'s {after_svn} is {target_status or 'not rated'}"
@@ -143,7 +136,7 @@ def before_install(settings: Settings, report: Report) -> None:
                 f"{target.version} runs; verifier policies that reject it need those TDs "
                 "relaunched",
             )
-    if doc["svn_gain"] is False and target.version != running.version:
+    if doc.svn_gain is False and target.version != running.version:
         same = target.seamsvn == running.seamsvn
         report.warn(
             "no-svn-gain",
@@ -160,17 +153,16 @@ def before_install(settings: Settings, report: Report) -> None:
     )
 
 
-def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None) -> None:
-    doc = report.doc
+def _annotate_update(
+    report: Report, doc: UpdateDoc, running: ModuleValues, tcb: TcbInfo | None
+) -> None:
     target = _target(doc)
-    if "svn_gain" not in doc:  # before_install did not run: nothing was (or would be) installed
+    if doc.svn_gain is UNSET:  # before_install did not run: nothing was (or would be) installed
         _set_update_keys(doc, running, target)
-        if tcb is not None and target.version is not None:
-            doc["tcb"]["target"] = tcb.status(target.seamsvn, target.version)
-            doc["tcb"]["td_relaunch_advised"] = relaunch_advised(
-                doc["tcb"]["running"], doc["tcb"]["target"]
-            )
-    if doc.get("dry_run") or not doc.get("changed") or target.version is None:
+        if tcb is not None and target.version is not None and report.tcb is not None:
+            report.tcb.target = tcb.status(target.seamsvn, target.version)
+            report.tcb.td_relaunch_advised = relaunch_advised(report.tcb.running, report.tcb.target)
+    if doc.dry_run or not doc.changed or target.version is None:
         return
     before_svn = fmt_svn(running.seamsvn) or "unknown"
     report.note(
@@ -182,20 +174,18 @@ def _annotate_update(report: Report, running: ModuleValues, tcb: TcbInfo | None)
 
 
 def _annotate_reference_values(report: Report, tcb: TcbInfo | None) -> None:
-    values = report.doc.get("reference_values")
-    if not isinstance(values, dict):
+    values = report.reference_values
+    if values is None:
         return
-    for key in ("running", "target"):
-        entry = values.get(key)
-        if not isinstance(entry, dict):
-            continue
+    entries: list[dict[str, Any]] = [values.running]
+    if values.target is not None:
+        entries.append(values.target)
+    for entry in entries:
         svn = entry.get("seamsvn")
         version = try_parse(str(entry.get("version") or ""))
         entry["tcb_status"] = (
             tcb.status(int(svn, 16), version) if tcb is not None and svn is not None else None
         )
-    if tcb is not None and isinstance(values.get("target"), dict):
-        target_status = values["target"]["tcb_status"]
-        running_status = report.doc["tcb"]["running"]
-        report.doc["tcb"]["target"] = target_status
-        report.doc["tcb"]["td_relaunch_advised"] = relaunch_advised(running_status, target_status)
+    if tcb is not None and values.target is not None and report.tcb is not None:
+        report.tcb.target = values.target["tcb_status"]
+        report.tcb.td_relaunch_advised = relaunch_advised(report.tcb.running, report.tcb.target)

@@ -457,9 +457,10 @@ def _echo(line: str) -> None:
 
 
 def run_action(settings: Settings) -> Any:
-    from tdxupdate import actions
+    from tdxupdate import readonly
+    from tdxupdate.report import Report
 
-    report = actions.Report(settings.action.replace("_", "-"))
+    report = Report(settings.action.replace("_", "-"))
     if not settings.json and settings.verbosity >= 0:
         report.live = _echo
         report.live_warn = _log.get_logger().warning
@@ -471,15 +472,15 @@ def run_action(settings: Settings) -> Any:
 
             with verdicts.listing(settings.cache_dir):
                 if settings.action == "status":
-                    actions.run_status(settings, report)
+                    readonly.run_status(settings, report)
                 else:
-                    actions.run_list(settings, report)
+                    readonly.run_list(settings, report)
         elif settings.action == "verify":
-            actions.run_verify(settings, report)
+            readonly.run_verify(settings, report)
         elif settings.action == "history":
-            actions.run_history(settings, report)
+            readonly.run_history(settings, report)
         elif settings.action == "reference_values":
-            actions.run_reference_values(settings, report)
+            readonly.run_reference_values(settings, report)
         else:
             from tdxupdate import update
 
@@ -532,9 +533,7 @@ def _emit(settings: Settings, report: Any) -> int:
     # -q: output only when something failed or changed (cron mails whatever is printed, and a
     # warning repeated by every run that does nothing is noise); the JSON keeps every token.
     warnings = (
-        report.warnings
-        if settings.verbosity >= 0 or err is not None or report.doc.get("changed")
-        else []
+        report.warnings if settings.verbosity >= 0 or err is not None or report.changed else []
     )
     if settings.json:
         for token in warnings:
@@ -669,7 +668,7 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
 def _fail(exc: TdxError, as_json: bool) -> int:
     _log.get_logger().error(exc.message)
     if as_json:
-        from tdxupdate.actions import SCHEMA_VERSION
+        from tdxupdate.report import SCHEMA_VERSION
 
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tdxupdate.actions import Report
+from tdxupdate.report import (
+    CandidateDoc,
+    HostDoc,
+    ReferenceValuesDoc,
+    Report,
+    TcbDoc,
+    VerifiedImageDoc,
+)
 
 REASON_WORDS = {
     "not-in-mapping": "not in the mapping file",
@@ -63,60 +70,60 @@ def _fmt(value: object) -> str:
     return "unknown" if value is None else str(value)
 
 
-def render_host(host: dict[str, Any]) -> list[str]:
-    fmt = host.get("image_format")
-    fallback = host.get("image_format_fallback")
+def render_host(host: HostDoc) -> list[str]:
+    fmt = host.image_format
+    fallback = host.image_format_fallback
     fmt_text = _fmt(fmt) + (
         f" (falls back to {fallback} if the kernel refuses it)" if fallback else ""
     )
-    layout = host.get("sysfs_layout")
-    if layout and host.get("generation"):
-        layout = f"{layout} ({host['generation']}, kernel {_fmt(host.get('kernel_release'))})"
+    layout = host.sysfs_layout
+    if layout and host.generation:
+        layout = f"{layout} ({host.generation}, kernel {_fmt(host.kernel_release)})"
     lines = [
         "TDX host",
-        f"  module version       {_fmt(host.get('module_version'))}",
-        f"  P-SEAMLDR version    {_fmt(host.get('seamldr_version'))}",
-        f"  remaining updates    {_fmt(host.get('num_remaining_updates'))}",
-        f"  CPU signature        {_fmt(host.get('cpu_signature'))}",
+        f"  module version       {_fmt(host.module_version)}",
+        f"  P-SEAMLDR version    {_fmt(host.seamldr_version)}",
+        f"  remaining updates    {_fmt(host.num_remaining_updates)}",
+        f"  CPU signature        {_fmt(host.cpu_signature)}",
         f"  sysfs layout         {_fmt(layout)}",
-        f"  upload interface     {_fmt(host.get('upload_dir'))}",
+        f"  upload interface     {_fmt(host.upload_dir)}",
         f"  image format         {fmt_text}",
-        *render_identity(host),
+        *render_identity(host.to_json()),
     ]
-    if host.get("in_mapping") is False:
+    if host.in_mapping is False:
         lines.append(
-            f"  mapping file         running module {_fmt(host.get('module_version'))} is not in "
+            f"  mapping file         running module {_fmt(host.module_version)} is not in "
             "the mapping file"
         )
     lines.append("Checks")
-    width = max((len(c["name"]) for c in host.get("checks", [])), default=0)
-    for c in host.get("checks", []):
+    width = max((len(c["name"]) for c in host.checks), default=0)
+    for c in host.checks:
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<{width}}  {c['detail']}")
     return lines
 
 
-def render_candidates(candidates: list[dict[str, Any]]) -> list[str]:
+def render_candidates(candidates: list[CandidateDoc]) -> list[str]:
     if not candidates:
         return ["The repository offers no modules."]
-    vwidth = max(len("VERSION"), *(len(c["version"]) for c in candidates))
+    vwidth = max(len("VERSION"), *(len(c.version) for c in candidates))
     lines = [f"{'VERSION':<{vwidth}}  ELIGIBLE  FORMAT  SEAMSVN  MRSEAM     WHY"]
     indent = " " * (vwidth + 40)
     for c in candidates:
-        fmt = c.get("image_format") or "-"
-        if c["eligible"]:
-            whys = ["eligible" + (" (debug-signed, allowed)" if c.get("debug") else "")]
+        fmt = c.image_format or "-"
+        if c.eligible:
+            whys = ["eligible" + (" (debug-signed, allowed)" if c.debug else "")]
         else:
-            details = c.get("details") or [REASON_WORDS.get(r, r) for r in c["reasons"]]
-            whys = [_without_version(c["version"], d) for d in details]
-        eligible = "yes" if c["eligible"] else "no"
-        svn = c.get("seamsvn") or "-"  # four digits: the width of the column
-        mrseam = (c.get("mrseam") or "")[:8] or "-"
-        if c["eligible"] and c.get("svn_gain") is False:
+            details = c.details or [REASON_WORDS.get(r, r) for r in c.reasons]
+            whys = [_without_version(c.version, d) for d in details]
+        eligible = "yes" if c.eligible else "no"
+        svn = c.seamsvn or "-"  # four digits: the width of the column
+        mrseam = (c.mrseam or "")[:8] or "-"
+        if c.eligible and c.svn_gain is False:
             whys[0] += " (no SVN gain: same SEAMSVN as the running module)"
-        if c.get("tcb_status"):
-            whys[0] += f" [TCB {c['tcb_status']}]"
+        if isinstance(c.tcb_status, str) and c.tcb_status:
+            whys[0] += f" [TCB {c.tcb_status}]"
         lines.append(
-            f"{c['version']:<{vwidth}}  {eligible:<8}  {fmt:<6}  {svn:<7}  {mrseam:<9}  {whys[0]}"
+            f"{c.version:<{vwidth}}  {eligible:<8}  {fmt:<6}  {svn:<7}  {mrseam:<9}  {whys[0]}"
         )
         lines += [f"{indent}{why}" for why in whys[1:]]
     return lines
@@ -130,15 +137,14 @@ def _without_version(version: str, detail: str) -> str:
     return detail
 
 
-def render_images(images: list[dict[str, Any]]) -> list[str]:
+def render_images(images: list[VerifiedImageDoc]) -> list[str]:
     lines: list[str] = []
     for img in images:
-        status = "OK" if img["ok"] else "FAILED"
+        status = "OK" if img.ok else "FAILED"
         lines.append(
-            f"{img['path']}: {status} (version {_fmt(img.get('version'))}, "
-            f"format {_fmt(img.get('image_format'))})"
+            f"{img.path}: {status} (version {_fmt(img.version)}, format {_fmt(img.image_format)})"
         )
-        for c in img["checks"]:
+        for c in img.checks:
             lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['name']:<14}  {c['detail']}")
     return lines
 
@@ -168,23 +174,21 @@ def render_history(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_reference_values(doc: dict[str, Any]) -> list[str]:
-    values = doc.get("reference_values") or {}
+def render_reference_values(values: ReferenceValuesDoc, tcb: TcbDoc | None) -> list[str]:
     lines = ["Reference values for attestation verifiers (TD quote: TEE_TCB_SVN2, MRSEAM)"]
-    running = values.get("running")
+    running = values.running
     if running:
         lines.append(f"Running module {_fmt(running.get('version'))}")
         lines += render_identity(running)
         if running.get("in_mapping") is False:
             lines.append(f"  running module {running.get('version')} is not in the mapping file")
-    target = values.get("target")
+    target = values.target
     if target:
         lines.append(f"Module an update would install: {_fmt(target.get('version'))}")
         lines += render_identity(target)
     else:
-        lines.append(f"No update would be installed: {_fmt(values.get('target_reason'))}")
-    tcb = doc.get("tcb")
-    if tcb and tcb.get("td_relaunch_advised"):
+        lines.append(f"No update would be installed: {_fmt(values.target_reason)}")
+    if tcb and tcb.td_relaunch_advised:
         lines.append(
             "TDs launched under the running module will be rated TDRelaunchAdvised after the update"
         )
@@ -193,40 +197,41 @@ def render_reference_values(doc: dict[str, Any]) -> list[str]:
 
 def render(report: Report) -> list[str]:
     """Lines for stdout (the report); warnings and errors go to stderr separately."""
-    doc = report.doc
     lines: list[str] = []
-    if report.action == "status" and "host" in doc:
-        lines += render_host(doc["host"])
-        tcb = doc.get("tcb")
+    if report.action == "status" and report.host is not None:
+        lines += render_host(report.host)
+        tcb = report.tcb
         if tcb:
             lines.insert(
                 lines.index("Checks"),
-                f"  TCB status           {tcb.get('running') or 'not rated'} ({tcb['file']})",
+                f"  TCB status           {tcb.running or 'not rated'} ({tcb.file})",
             )
-    elif report.action == "list" and "candidates" in doc:
-        host = doc.get("host", {})
-        mrseam = host.get("mrseam") or host.get("mrseam_prefix")
+    elif report.action == "list" and report.candidates is not None:
+        host = report.host
+        mrseam = host.mrseam or host.mrseam_prefix if host is not None else None
         lines.append(
-            f"Running module {_fmt(host.get('module_version'))} (SEAMSVN "
-            f"{_fmt(host.get('seamsvn'))}, MRSEAM {_fmt(mrseam and mrseam[:8])}), P-SEAMLDR "
-            f"{_fmt(host.get('seamldr_version'))}, CPU {_fmt(host.get('cpu_signature'))}"
+            f"Running module {_fmt(host.module_version if host else None)} (SEAMSVN "
+            f"{_fmt(host.seamsvn if host else None)}, MRSEAM {_fmt(mrseam and mrseam[:8])}), "
+            f"P-SEAMLDR {_fmt(host.seamldr_version if host else None)}, CPU "
+            f"{_fmt(host.cpu_signature if host else None)}"
         )
-        lines += render_candidates(doc["candidates"])
+        lines += render_candidates(report.candidates)
     elif report.action == "update":
         chose_badly = report.error is not None and report.error.code in (
             "not-eligible",
             "version-unknown",
         )
-        if "candidates" in doc and (doc.get("dry_run") or chose_badly):
-            lines += render_candidates(doc["candidates"])
+        dry_run = report.update is not None and report.update.dry_run
+        if report.candidates is not None and (dry_run or chose_badly):
+            lines += render_candidates(report.candidates)
         if report.live is None:
             lines += report.notes
-    elif report.action == "reference-values" and "reference_values" in doc:
-        lines += render_reference_values(doc)
-    elif report.action == "verify" and "images" in doc:
-        lines += render_images(doc["images"])
-    elif report.action == "history" and "history" in doc:
-        lines += render_history(doc["history"])
+    elif report.action == "reference-values" and report.reference_values is not None:
+        lines += render_reference_values(report.reference_values, report.tcb)
+    elif report.action == "verify" and report.images is not None:
+        lines += render_images(report.images)
+    elif report.action == "history" and report.history is not None:
+        lines += render_history(report.history.records)
     if report.action != "update":
         lines += report.notes
     return lines

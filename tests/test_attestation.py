@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from factories.cli import Result, runner, validate
 from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, module_bytes, test_key
 from factories.images import write_repo as _write_repo
@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from tdxupdate import attestation
 from tdxupdate.cli import main
 from tdxupdate.config import ConfigError
-from tdxupdate.schemas import load_schema
 from tdxupdate.versions import Version
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -37,34 +36,9 @@ PUBLISHED = [r for r in NOTES if r["seamsvn"] is not None]
 UNPUBLISHED = [r["version"] for r in NOTES if r["seamsvn"] is None]
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        return json.loads(self.out)
-
-
-def validate(doc: dict[str, Any]) -> None:
-    import jsonschema
-
-    jsonschema.Draft7Validator(load_schema("output.schema.json")).validate(doc)
-
-
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Result]]:
-    def _run(*args: str | Path) -> Result:
-        code = main(["--config", "/dev/null", *(str(a) for a in args)])
-        captured = capsys.readouterr()
-        res = Result(code, captured.out, captured.err)
-        if "--json" in args:
-            validate(res.doc)
-        return res
-
-    yield _run
+    yield runner(capsys, prefix=("--config", "/dev/null"))
 
 
 def release(version: str) -> Release:

@@ -13,56 +13,22 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from factories.cli import runner
 from factories.hosts import build_host_tree, fail_reads, read_as_root
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tdxupdate.cli import main
-from tdxupdate.schemas import load_schema
-
 SPR = (0x806F8, 0xC06F0, 0xA06F0)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        return json.loads(self.out)
-
-    @property
-    def err_lines(self) -> list[str]:
-        # Warnings and the --update summary line (tdxupdate.log) are checked on their own.
-        skip = ("tdxupdate: warning:", "tdxupdate: update: ")
-        return [ln for ln in self.err.splitlines() if not ln.startswith(skip)]
 
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    def _run(*args: str | Path) -> Result:
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        res = Result(code, captured.out, captured.err)
-        if "--json" in args and "--help" not in args:
-            validate(res.doc)
-        return res
-
-    yield _run
-
-
-def validate(doc: dict[str, Any]) -> None:
-    import jsonschema
-
-    jsonschema.Draft7Validator(load_schema("output.schema.json")).validate(doc)
+    yield runner(capsys)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories.cli import runner
 from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from prometheus_client.parser import text_string_to_metric_families
 
 from tdxupdate import config
-from tdxupdate.cli import main
 
 SPR = (0x806F0, 0xC06F0, 0xA06F0)
 
@@ -51,23 +50,9 @@ def host(tmp_path: Path) -> Path:
     return build_host_tree(tmp_path / "host", generation="G5", module="1.5.06", remaining=3)
 
 
-class Run:
-    def __init__(self, code: int, out: str, err: str):
-        self.code, self.out, self.err = code, out, err
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        return json.loads(self.out)
-
-
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    def _run(*args: str | Path) -> Run:
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    yield _run
+    yield runner(capsys, check_schema=False)
 
 
 def conf(tmp_path: Path, text: str) -> Path:

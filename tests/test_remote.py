@@ -1057,10 +1057,10 @@ def test_a_progress_bar_is_drawn_only_for_a_terminal(
 def test_requests_is_imported_only_when_a_url_needs_it(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from tdxupdate import actions, remote, cache, sources\n"
+        "from tdxupdate import inventory, remote, cache, sources\n"
         "assert 'requests' not in sys.modules, 'imported by the modules'\n"
         "from tdxupdate.settings import Settings\n"
-        f"repo = actions.open_repo(Settings(repo={str(tmp_path)!r}))\n"
+        f"repo = inventory.open_repo(Settings(repo={str(tmp_path)!r}))\n"
         "assert type(repo).__name__ == 'LocalRepository'\n"
         "assert 'requests' not in sys.modules, 'imported for a local repository'\n"
         f"r = remote.open_remote('https://mirror.example/', None, cache_dir=__import__('pathlib')"
@@ -1140,9 +1140,9 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
 
         plan = run_action(replace(settings, dry_run=True))
         assert plan.error is None, plan.error
-        target = plan.doc["to_version"]
-        path = "/" + plan.doc["selected"]["path"].removeprefix(server.url)
-        assert plan.doc["selected"]["path"] == server.url + path.lstrip("/")
+        target = plan.document()["to_version"]
+        path = "/" + plan.document()["selected"]["path"].removeprefix(server.url)
+        assert plan.document()["selected"]["path"] == server.url + path.lstrip("/")
         # the dry run listed every image by its first two pages and read the chosen one whole
         assert server.body_bytes(path) == HEAD_SIZE + len(published[path])
         assert sim.state()["uploads"] == []
@@ -1150,7 +1150,7 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
 
         done = run_action(settings)
         assert done.error is None, done.error
-        assert (done.doc["changed"], done.doc["to_version"]) == (True, target)
+        assert (done.document()["changed"], done.document()["to_version"]) == (True, target)
         state = sim.state()
         assert start != target and state["module_version"] == target
         # the real run moved no image bytes: every image request was a revalidation (the
@@ -1165,7 +1165,7 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
         server.reset_log()
 
         again = run_action(settings)
-        assert again.error is None and again.doc["changed"] is False
+        assert again.error is None and again.document()["changed"] is False
         assert image_bytes(server) == 0 and server.body_bytes(MAPPING) == 0
 
 
@@ -1199,7 +1199,7 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
         )
         plan = run_action(replace(settings, dry_run=True, cache_dir=tmp_path / "plan-cache"))
         assert plan.error is None, plan.error
-        path = "/" + plan.doc["selected"]["path"].removeprefix(server.url)
+        path = "/" + plan.document()["selected"]["path"].removeprefix(server.url)
         if faults == "impostor":
             other = next(p for p in published if p.endswith(".blob") and p != path)
             injected: list[object] = [Pass(), Body(published[other])]
@@ -1252,7 +1252,7 @@ def test_list_from_a_mirror_shows_a_404_image_as_missing(
     mirror.remove(blob("1.5.08"))
     report = run_action(_host_settings(mirror, bundle, tmp_path))
     assert report.error is None, report.error
-    by_version = {c["version"]: c for c in report.doc["candidates"]}
+    by_version = {c["version"]: c for c in report.document()["candidates"]}
     assert by_version["1.5.08"]["reasons"] == ["image-missing"]
     assert by_version["1.5.08"]["path"] is None
     assert by_version["1.5.09"]["eligible"] is True
@@ -1274,7 +1274,7 @@ def test_list_from_the_cache_offline_carries_the_age_warning(
     report = run_action(_host_settings(mirror, bundle, tmp_path, offline=True))
     assert report.error is None, report.error
     assert "offline-cache" in report.warnings
-    assert report.doc["candidates"] == online.doc["candidates"]
+    assert report.document()["candidates"] == online.document()["candidates"]
     assert mirror.log == []
 
 
@@ -1378,7 +1378,7 @@ def verify_settings(server: MirrorServer, bundle: Path, tmp_path: Path) -> Setti
 
 
 def _by_version(report: object) -> dict[str, dict[str, object]]:
-    return {e["version"]: e for e in report.doc["images"]}  # type: ignore[attr-defined]
+    return {e["version"]: e for e in report.document()["images"]}  # type: ignore[attr-defined]
 
 
 def _url_of(server: MirrorServer, version: str) -> str:
@@ -1446,8 +1446,8 @@ def test_verify_precedence_a_bad_image_over_a_network_failure_over_a_missing_one
     mirror.inject(blob("1.5.09"), Body(images["1.5.06"]))  # served under another name
     report = run_action(verify_settings(mirror, bundle, tmp_path / "no-cache"))
     assert (report.error.code, report.error.exit_code) == ("image-invalid", 65)
-    assert len(report.doc["images"]) == 4
-    assert [e["ok"] for e in report.doc["images"]] == [True, False, False, False]
+    assert len(report.document()["images"]) == 4
+    assert [e["ok"] for e in report.document()["images"]] == [True, False, False, False]
 
 
 @pytest.mark.parametrize(
@@ -1471,7 +1471,7 @@ def test_verify_stops_when_the_mapping_cannot_be_had(
     mirror.inject(MAPPING, *[fault] * 4)
     report = run_action(verify_settings(mirror, bundle, tmp_path))
     assert (report.error.code, report.error.exit_code) == (token, code)
-    assert report.doc["images"] == []
+    assert report.document()["images"] == []
     assert mirror.requests(suffix=".blob") == []
 
 

@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories.cli import Result, run_main, validate
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from factories.sim import mount_sim
 
 from tdxupdate import __version__, history, uploader
-from tdxupdate.cli import main
 from tdxupdate.image import FORMAT_A, FORMAT_B, convert
-from tdxupdate.schemas import load_schema
 from tdxupdate.sim.session import SimHost
 from tdxupdate.uploader import KNOWN_ERROR_TOKENS
 
@@ -93,7 +92,6 @@ HISTORY_FIELDS = (
     "tool_version",
 )
 #: the NOTICE line every --update run logs (issue 6); not an error line
-SUMMARY_PREFIX = "tdxupdate: update: "
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
@@ -205,47 +203,6 @@ def hosts(tmp_path_factory: pytest.TempPathFactory, sim_cache: Path, repo: Repo)
 
 
 @dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.out)
-        return doc
-
-    @property
-    def err_lines(self) -> list[str]:
-        """stderr without the warning lines and the one-line summary an update logs."""
-        return [
-            ln
-            for ln in self.err.splitlines()
-            if not ln.startswith(("tdxupdate: warning:", SUMMARY_PREFIX))
-        ]
-
-    @property
-    def summary_lines(self) -> list[str]:
-        return [ln for ln in self.err.splitlines() if ln.startswith(SUMMARY_PREFIX)]
-
-    @property
-    def warning_lines(self) -> list[str]:
-        """Warning lines, less the one every update of this test key's images carries (the
-        signer is not Intel's; :func:`warnings_of` checks it is there)."""
-        return [
-            ln
-            for ln in self.err.splitlines()
-            if ln.startswith("tdxupdate: warning:") and "not Intel's production key" not in ln
-        ]
-
-
-def validate(doc: dict[str, Any]) -> None:
-    import jsonschema
-
-    jsonschema.Draft7Validator(load_schema("output.schema.json")).validate(doc)
-
-
-@dataclass
 class Tool:
     """``tdxupdate`` pointed at an emulated host, the test repository and a state directory."""
 
@@ -274,14 +231,8 @@ class Tool:
 
     def __call__(self, *extra: str | Path) -> Result:
         """Run in this process (``tdxupdate.cli.main``)."""
-        args = self.args(*extra)
         self.capsys.readouterr()
-        code = main(args)
-        captured = self.capsys.readouterr()
-        res = Result(code, captured.out, captured.err)
-        if "--json" in args:
-            validate(res.doc)
-        return res
+        return run_main(self.capsys, self.args(*extra))
 
     def start(self, *extra: str | Path) -> subprocess.Popen[str]:
         """Run ``python -m tdxupdate`` as a separate process (signals, concurrent runs)."""

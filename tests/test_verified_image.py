@@ -206,10 +206,10 @@ def table_for_test_key(entries: dict[str, tuple[int, bytes]]) -> releases.Releas
 
 
 def facts(img: bytes) -> policy.ImageFacts:
-    from tdxupdate import actions
+    from tdxupdate import inventory
 
     verified = _image.verify_image(img, location="x", trusted_signers=[test_key().fingerprint])
-    return actions.image_facts_from_verified(verified)
+    return inventory.image_facts_from_verified(verified)
 
 
 HOST = policy.HostView(Version.parse(RUNNING), Version.parse("1.5.00"), CPU)
