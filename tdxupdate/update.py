@@ -14,11 +14,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tdxupdate import __version__, actions, fence, history, hooks, lock, policy, signals, uploader
+from tdxupdate import (
+    __version__,
+    actions,
+    fence,
+    history,
+    hooks,
+    lock,
+    policy,
+    preflight,
+    signals,
+    uploader,
+)
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.errors import (
-    PERMANENT_EXIT_CODES,
     DataError,
     Interrupted,
     InvalidImage,
@@ -31,18 +41,6 @@ from tdxupdate.versions import Version
 
 _LOG = logging.getLogger(__name__)
 
-#: Host checks that must pass before anything is written (§4 step 4), in report order.
-PREFLIGHT_CHECKS = (
-    "tdx-host",
-    "upload-interface",
-    "module-version",
-    "seamldr-version",
-    "cpu-signature",
-    "remaining-updates",
-    "upload-idle",
-    "cpus-online",
-)
-
 ProgressFactory = Callable[
     [int], contextlib.AbstractContextManager[Callable[[int, int], None] | None]
 ]
@@ -53,14 +51,8 @@ def _no_progress(total: int) -> Iterator[None]:
     yield None
 
 
-def preflight_error(facts: _host.HostFacts) -> TdxError | None:
-    """The failure to report when preflight fails: a permanent one (69, 77) wins (§2)."""
-    failed = [facts.check(n) for n in PREFLIGHT_CHECKS if not facts.check(n).ok]
-    if not failed:
-        return None
-    errors = [TdxError(c.detail, code=c.code or "no-upload-interface") for c in failed]
-    permanent = [e for e in errors if e.exit_code in PERMANENT_EXIT_CODES]
-    return (permanent or errors)[0]
+#: The failure preflight reports: a permanent one (69, 77) wins (§2; tdxupdate.preflight).
+preflight_error = preflight.first_failure
 
 
 def recheck_preflight(settings: Settings, before: _host.HostFacts) -> None:

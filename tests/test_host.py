@@ -16,7 +16,7 @@ from factories.hosts import (
     build_host_tree,
     copy_as_root,
     cpuinfo_text,
-    fail_reads,
+    faulty_reads,
     host_paths,
     read_as_root,
     signature_to_cpu,
@@ -484,14 +484,12 @@ def test_discover_padded_and_unpadded_module_versions_are_equal(tmp_path: Path) 
     ],
     ids=["ENXIO", "EACCES", "EPERM", "EIO"],
 )
-def test_read_version_file_oserrors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, code: str, message: str
-) -> None:
+def test_read_version_file_oserrors(tmp_path: Path, err: int, code: str, message: str) -> None:
     path = tmp_path / "version"
     path.write_text("1.5.06\n")
-    fail_reads(monkeypatch, tmp_path, {"/version": err})
+    sysroot = faulty_reads(tmp_path, {"/version": err})
     with pytest.raises(TdxError) as info:
-        read_version_file(path)
+        read_version_file(path, sysroot)
     assert (info.value.code, info.value.message) == (code, f"{path}: {message}")
 
 
@@ -533,10 +531,9 @@ def test_read_version_file_long_garbage_is_truncated_in_the_message(tmp_path: Pa
     )
 
 
-def test_discover_module_lost_enxio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_discover_module_lost_enxio(tmp_path: Path) -> None:
     root = build_host_tree(tmp_path / "host")
-    fail_reads(monkeypatch, root, {f"{T}/version": errno.ENXIO})
-    facts = discover(Sysroot(root))
+    facts = discover(faulty_reads(root, {f"{T}/version": errno.ENXIO}))
     check = facts.check("module-version")
     assert (check.ok, check.code) == (False, "version-unreadable")
     assert check.detail == (
@@ -552,11 +549,11 @@ def test_discover_module_lost_enxio(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     [("G3", "seamldr/version"), ("G5", "seamldr_version")],
 )
 def test_discover_seamldr_version_eacces_is_permission_denied(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generation: str, attribute: str
+    tmp_path: Path, generation: str, attribute: str
 ) -> None:
     root = build_host_tree(tmp_path / "host", generation=generation)
-    fail_reads(monkeypatch, root, {f"{T}/{attribute}": errno.EACCES})
-    check = discover(Sysroot(root)).check("seamldr-version")
+    sysroot = faulty_reads(root, {f"{T}/{attribute}": errno.EACCES})
+    check = discover(sysroot).check("seamldr-version")
     assert (check.ok, check.code) == (False, "permission-denied")
     assert check.detail == (
         f"{at(root, T)}/{attribute}: permission denied; the P-SEAMLDR attributes are readable "
@@ -641,7 +638,7 @@ BAD_CONTENT = {"empty": b"", "blank": b"\n", "garbage": b"abc\n", "binary": b"\x
 @pytest.mark.parametrize("fault", [*BAD_CONTENT, "missing", "EACCES", "EIO"])
 @pytest.mark.parametrize("fact", sorted(FILE_CHECKS))
 def test_discover_every_file_fault_fails_its_check_naming_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, generation: str, fault: str, fact: str
+    tmp_path: Path, generation: str, fault: str, fact: str
 ) -> None:
     name, bad_code, missing_code = FILE_CHECKS[fact]
     abspath = host_paths(generation)[fact]
@@ -651,11 +648,10 @@ def test_discover_every_file_fault_fails_its_check_naming_the_file(
     elif fault == "missing":
         overrides[abspath] = None
     root = build_host_tree(tmp_path / "host", generation=generation, overrides=overrides)
-    if fault in ("EACCES", "EIO"):
-        fail_reads(monkeypatch, root, {abspath: getattr(errno, fault)})
+    failures = {abspath: getattr(errno, fault)} if fault in ("EACCES", "EIO") else {}
     path = at(root, abspath)  # status: under the class path, the one discover() reads
 
-    facts = discover(Sysroot(root))
+    facts = discover(faulty_reads(root, failures))
 
     check = facts.check(name)
     expected_code = {"missing": missing_code, "EACCES": "permission-denied", "EIO": "io-error"}
