@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +73,7 @@ class UploadInterface:
         """``echo -n value > path``; raises OSError."""
         self.sysroot.write(path, value.encode("ascii"))
 
-    def open_data(self) -> AbstractContextManager[Writer]:
+    def open_data(self) -> Writer:
         """``data`` opened once for the whole image (each open starts again at offset 0)."""
         return self.sysroot.open_writer(self.data)
 

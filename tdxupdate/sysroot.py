@@ -14,8 +14,6 @@ ENXIO, EBUSY, short writes) instead of patching ``os`` for the whole process.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["ATTR_LIMIT", "Sysroot", "Writer"]
@@ -38,6 +36,17 @@ class Writer:
     def write(self, data: bytes | memoryview) -> int:
         """One ``write()``: the count the file took, which may be short."""
         return self._sysroot.write_fd(self._fd, data)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            self._sysroot.close_fd(fd)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Sysroot:
@@ -137,11 +146,8 @@ class Sysroot:
         finally:
             self.close_fd(fd)
 
-    @contextmanager
-    def open_writer(self, path: Path) -> Iterator[Writer]:
-        """``path`` opened once for writing (no O_TRUNC, O_CREAT or O_APPEND); raises OSError."""
-        fd = self.open_fd(path, os.O_WRONLY)
-        try:
-            yield Writer(self, path, fd)
-        finally:
-            self.close_fd(fd)
+    def open_writer(self, path: Path) -> Writer:
+        """``path`` opened once for writing (no O_TRUNC, O_CREAT or O_APPEND); raises OSError.
+
+        Use it as a context manager: leaving it closes the file."""
+        return Writer(self, path, self.open_fd(path, os.O_WRONLY))

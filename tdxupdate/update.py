@@ -283,7 +283,7 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
 
     assert facts.upload_dir is not None
     remaining_before = facts.num_remaining_updates
-    uploader.require_upload_filesystem(facts.upload_dir)
+    uploader.require_upload_filesystem(facts.upload or facts.upload_dir)
     with lock.acquire_host(facts.upload_dir) as host_lock:
         hook_env = {
             "TDXUPDATE_FROM": str(view.module_version),
@@ -503,7 +503,7 @@ def _attempt(
     try:
         with progress(len(payload)) as tick:
             result = uploader.upload(
-                facts.upload_dir,
+                facts.upload or facts.upload_dir,
                 payload,
                 timeout=settings.timeout,
                 progress=tick,
