@@ -23,10 +23,8 @@ import pytest
 from tdxupdate.errors import IOFailure, PermissionDenied, TryLater
 from tdxupdate.sysroot import Sysroot
 from tdxupdate.uploader import (
-    KNOWN_ERROR_TOKENS,
     UploadInterface,
     UploadResult,
-    decode_kernel_error,
     interface_written,
     upload,
     upload_committed,
@@ -622,93 +620,3 @@ def test_upload_from_a_worker_thread_leaves_signal_handlers_alone(
     assert errors == []
     assert results[0].accepted
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-# ----------------------------------------------------------------------------- decoding
-
-STAGES = ["receiving", "preparing", "transferring", "programming"]
-STAGE_WORDS = {
-    "receiving": "receiving the image",
-    "preparing": "preparing the update",
-    "transferring": "being installed",
-    "programming": "completing the update",
-}
-
-
-@pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("token", KNOWN_ERROR_TOKENS)
-def test_decode_every_token_at_every_stage(stage: str, token: str) -> None:
-    info = decode_kernel_error(f"{stage}:{token}\n")
-    assert (info.stage, info.error, info.text) == (stage, token, f"{stage}:{token}")
-    if token == "device-busy":
-        assert (info.code, info.exit_code) == ("device-busy", 75)
-        assert "nothing changed" in info.sentence
-        assert info.to_error().code == "device-busy"
-        assert info.to_error().exit_code == 75
-    else:
-        assert (info.code, info.exit_code) == ("kernel-error", 1)
-        assert "checks the module version next" in info.sentence
-        assert info.to_error().exit_code == 1
-    assert STAGE_WORDS[stage] in info.sentence
-    assert token in info.sentence
-    assert info.sentence[0].isupper() and info.sentence.endswith(".")
-    assert ". " not in info.sentence, "one sentence only"
-    assert info.may_be_fatal == (
-        token in ("hw-error", "firmware-invalid", "timeout", "unknown-error")
-    )
-
-
-def test_kernel_error_to_error_names_the_place() -> None:
-    error = decode_kernel_error("transferring:firmware-invalid\n").to_error("/sys/x/error")
-    assert error.code == "kernel-error"
-    assert error.message.startswith(
-        "/sys/x/error: transferring:firmware-invalid: The update failed while the module was "
-        "being installed with firmware-invalid: "
-    )
-
-
-@pytest.mark.parametrize("token", ["hw-error", "firmware-invalid"])
-def test_decode_fatal_tokens_say_so(token: str) -> None:
-    sentence = decode_kernel_error(f"transferring:{token}").sentence
-    assert "may be fatal" in sentence
-    assert "reboot" in sentence
-
-
-@pytest.mark.parametrize(
-    ("text", "stage", "error", "code"),
-    [
-        ("transferring:skip", "transferring", "skip", "kernel-error"),
-        ("preparing:firmware-duplicate\n", "preparing", "firmware-duplicate", "kernel-error"),
-        ("bogus-stage:hw-error", "unknown", "hw-error", "kernel-error"),
-        ("device-busy", "unknown", "device-busy", "device-busy"),
-        ("garbage", "unknown", "garbage", "kernel-error"),
-        ("preparing:", "preparing", "", "kernel-error"),
-        (":hw-error", "unknown", "hw-error", "kernel-error"),
-        ("", "unknown", "", "kernel-error"),
-        ("  transferring : device-busy \n", "transferring", "device-busy", "device-busy"),
-        ("transferring:a:b", "transferring", "a:b", "kernel-error"),
-    ],
-    ids=[
-        "new-token",
-        "proposed-token",
-        "unknown-stage",
-        "no-colon-known",
-        "no-colon-unknown",
-        "empty-token",
-        "empty-stage",
-        "empty",
-        "spaces",
-        "two-colons",
-    ],
-)
-def test_decode_unknown_and_malformed_text(text: str, stage: str, error: str, code: str) -> None:
-    info = decode_kernel_error(text)
-    assert (info.stage, info.error, info.code) == (stage, error, code)
-    assert info.exit_code == (75 if code == "device-busy" else 1)
-    assert info.sentence.endswith(".") and ". " not in info.sentence
-    if code == "kernel-error" and error not in KNOWN_ERROR_TOKENS:
-        assert info.may_be_fatal
-        assert "does not know" in info.sentence
-        assert (repr(error) if error else "an empty error") in info.sentence
-    if stage == "unknown":
-        assert "at an unknown stage" in info.sentence

@@ -276,6 +276,18 @@ def build_host_tree(
     return root
 
 
+def at(root: Path, abspath: str) -> Path:
+    """The resolved path of an in-sysroot path: ``at(root, "/sys/x")`` -> ``root/sys/x``."""
+    return root / abspath.lstrip("/")
+
+
+def host_facts(tmp_path: Path, **kwargs: Any) -> tuple[Path, host.HostFacts]:
+    """Build a tree under ``tmp_path/host`` (``kwargs`` as for :func:`build_host_tree`) and
+    discover it."""
+    root = build_host_tree(tmp_path / "host", **kwargs)
+    return root, host.discover(Sysroot(root))
+
+
 def faulty_reads(root: Path, failures: Mapping[str, int]) -> FaultySysroot:
     """A Sysroot of ``root`` whose reads of the given in-sysroot paths fail with the errno.
 
@@ -310,10 +322,12 @@ __all__ = [
     "CPU_NAMES",
     "DEFAULT_OSRELEASE",
     "GENERATIONS",
+    "at",
     "build_host_tree",
     "cpuinfo_text",
     "fail_reads",
     "faulty_reads",
+    "host_facts",
     "host_paths",
     "signature_to_cpu",
 ]
