@@ -123,8 +123,9 @@ class HostFacts:
     """Everything :func:`discover` learned about the host; None where a fact could not be read.
 
     For every optional fact that is None (except ``compat_capable``, absent on most kernels,
-    and the values that are None by design: ``generation``, ``sysfs_layout``, ``firmware_name``,
-    ``image_format_fallback``), ``problems`` holds the error saying why.
+    and the values that are None by design: ``generation``, ``kernel``, ``sysfs_layout``,
+    ``firmware_name``, ``image_format_fallback``), ``problems`` holds the error saying why.
+    ``upload`` is None exactly when ``upload_dir`` is.
     """
 
     sysroot: Path
