@@ -17,27 +17,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tdxupdate import __version__, fence, history, hooks, lock, outcome, signals, uploader
+from tdxupdate import (
+    __version__,
+    fence,
+    history,
+    hooks,
+    lock,
+    outcome,
+    preflight,
+    signals,
+    uploader,
+)
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate import inventory as _inv
-from tdxupdate.errors import PERMANENT_EXIT_CODES, Interrupted, TdxError, TryLater
+from tdxupdate.errors import Interrupted, TdxError, TryLater
+from tdxupdate.fwupload import UploadInterface
 from tdxupdate.report import Report, Unset, UpdateDoc, fmt_hex
 from tdxupdate.versions import Version
 
 _LOG = logging.getLogger(__name__)
-
-#: Host checks that must pass before anything is written (§4 step 4), in report order.
-PREFLIGHT_CHECKS = (
-    "tdx-host",
-    "upload-interface",
-    "module-version",
-    "seamldr-version",
-    "cpu-signature",
-    "remaining-updates",
-    "upload-idle",
-    "cpus-online",
-)
 
 ProgressFactory = Callable[
     [int], contextlib.AbstractContextManager[Callable[[int, int], None] | None]
@@ -74,6 +73,11 @@ class UpdatePlan:
     hook_timeout: float
     pre_update: str | None
     post_update: str | None
+
+    @property
+    def interface(self) -> UploadInterface | Path:
+        """The upload interface discovery found (through its Sysroot), else its directory."""
+        return self.facts.upload or self.upload_dir
 
     @property
     def remaining_before(self) -> int | None:
@@ -120,14 +124,8 @@ def _update_doc(report: Report) -> UpdateDoc:
 # --- preflight ----------------------------------------------------------------------------
 
 
-def preflight_error(facts: _host.HostFacts) -> TdxError | None:
-    """The failure to report when preflight fails: a permanent one (69, 77) wins (§2)."""
-    failed = [facts.check(n) for n in PREFLIGHT_CHECKS if not facts.check(n).ok]
-    if not failed:
-        return None
-    errors = [TdxError(c.detail, code=c.code or "no-upload-interface") for c in failed]
-    permanent = [e for e in errors if e.exit_code in PERMANENT_EXIT_CODES]
-    return (permanent or errors)[0]
+#: The failure preflight reports: a permanent one (69, 77) wins (§2; tdxupdate.preflight).
+preflight_error = preflight.first_failure
 
 
 def recheck_preflight(plan: UpdatePlan) -> None:
@@ -188,7 +186,7 @@ def _noting(report: Report) -> Callable[[str], None]:
 
 def execute(plan: UpdatePlan, report: Report, progress: ProgressFactory) -> Attempt:
     """Take the host lock and the fence, run the hooks around the attempts; the last attempt."""
-    uploader.require_upload_filesystem(plan.upload_dir)
+    uploader.require_upload_filesystem(plan.interface)
     with lock.acquire_host(plan.upload_dir) as host_lock:
         env = plan.hook_env()
         result: Attempt | None = None
@@ -355,7 +353,7 @@ def _stream(
 ) -> uploader.UploadResult:
     """The one call into the uploader."""
     return uploader.upload(
-        plan.upload_dir,
+        plan.interface,
         payload,
         timeout=plan.timeout,
         progress=progress,

@@ -13,9 +13,10 @@ Implements:
 unreadable becomes a failed :class:`HostCheck` whose detail names the file and the problem, and an
 entry in :attr:`HostFacts.problems` for the fact that could not be read.
 
-Every file is read by :func:`_read_bytes`, the one low-level read. Tests run as root, which never
-gets EACCES from a plain file and never gets ENXIO at all, so they patch that function to make a
-single path fail the way the kernel would.
+Every file is read through the :class:`~tdxupdate.sysroot.Sysroot` (one capped read per fact).
+Tests run as root, which never gets EACCES from a plain file and never gets ENXIO at all, so they
+pass a Sysroot that makes a single path fail the way the kernel would. The generations are the
+table of :mod:`tdxupdate.kernels`; the checks are :mod:`tdxupdate.preflight`.
 """
 
 from __future__ import annotations
@@ -26,63 +27,85 @@ import errno
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tdxupdate.errors import (
-    IOFailure,
-    PermissionDenied,
-    TdxError,
-    TryLater,
-    Unavailable,
-    UsageError,
+from tdxupdate import kernels, preflight
+from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, Unavailable, UsageError
+from tdxupdate.fwupload import UploadInterface
+from tdxupdate.hostfiles import (
+    CPUINFO,
+    CPUINFO_LIMIT,
+    CPUS_ONLINE,
+    CPUS_PRESENT,
+    ERRATUM,
+    MAX_CPU,
+    OSRELEASE,
+    cpu_signature_from_cpuinfo,
+    cpuinfo_bugs,
+    error_for_code,
+    format_cpu_list,
+    format_cpu_signature,
+    parse_cpu_list,
+    parse_cpu_signature,
+    parse_image_format,
+    parse_kernel_release,
+    show,
 )
+from tdxupdate.kernels import (
+    CLASS_FIRMWARE,
+    FIRMWARE_NAMES,
+    FLAT,
+    FORMAT_A,
+    FORMAT_B,
+    FORMAT_B_KERNEL,
+    G1_TDX_TSM,
+    SEAMLDR_DIR,
+    TDX_HOST,
+)
+from tdxupdate.preflight import CHECK_NAMES, HostCheck
+from tdxupdate.sysroot import ATTR_LIMIT, Sysroot
 from tdxupdate.versions import Version
 
-#: The faux device created by tdx-host.ko, generations G2–G5 (kernel-abi.md §1).
-TDX_HOST = "/sys/devices/faux/tdx_host"
-#: The v1 (G1) interface, obsolete and unsupported (kernel-abi.md §1, §6 step 1).
-G1_TDX_TSM = "/sys/devices/virtual/tdx/tdx_tsm"
-#: fw_upload class devices: ``/sys/class/firmware/<name>`` (kernel-abi.md §1, §2).
-CLASS_FIRMWARE = "/sys/class/firmware"
-#: Firmware names in the order of kernel-abi.md §6: ``seamldr_upload`` (G2), ``tdx_module`` (G3+).
-FIRMWARE_NAMES = ("seamldr_upload", "tdx_module")
-CPUINFO = "/proc/cpuinfo"
-OSRELEASE = "/proc/sys/kernel/osrelease"
-CPUS_ONLINE = "/sys/devices/system/cpu/online"
-CPUS_PRESENT = "/sys/devices/system/cpu/present"
-#: The CPU bug that makes the kernel hide the update interface (kernel-abi.md §1 G3, G5).
-ERRATUM = "seamret_invd_vmcs"
+__all__ = [
+    "CHECK_NAMES",
+    "CLASS_FIRMWARE",
+    "CPUINFO",
+    "CPUS_ONLINE",
+    "CPUS_PRESENT",
+    "ERRATUM",
+    "FIRMWARE_NAMES",
+    "FLAT",
+    "FORMAT_A",
+    "FORMAT_B",
+    "FORMAT_B_KERNEL",
+    "G1_TDX_TSM",
+    "MAX_CPU",
+    "OSRELEASE",
+    "SEAMLDR_DIR",
+    "TDX_HOST",
+    "HostCheck",
+    "HostFacts",
+    "Sysroot",
+    "UploadInterface",
+    "cpu_signature_from_cpuinfo",
+    "cpuinfo_bugs",
+    "discover",
+    "find_upload_dir",
+    "format_cpu_list",
+    "format_cpu_signature",
+    "module_lost",
+    "parse_cpu_list",
+    "parse_cpu_signature",
+    "parse_image_format",
+    "parse_kernel_release",
+    "read_version_file",
+]
 
-#: Container formats (image-formats.md); kept here so host.py does not depend on image.py.
-FORMAT_A = 0x100
-FORMAT_B = 0x200
-#: Mainline releases from this one on carry G5 and accept only Format B (kernel-abi.md §6 step 5).
-FORMAT_B_KERNEL = (7, 2)
-
-SEAMLDR_DIR = "seamldr-dir"
-FLAT = "flat"
-
-#: Preflight check names, in report order (team brief; cli-contract.md §3).
-CHECK_NAMES = (
-    "tdx-host",
-    "upload-interface",
-    "upload-idle",
-    "remaining-updates",
-    "cpus-online",
-    "module-version",
-    "seamldr-version",
-    "cpu-signature",
-    "erratum-seamret-invd-vmcs",
-)
-
-#: sysfs attributes are at most a page; /proc/cpuinfo is read only far enough for CPU 0.
-_ATTR_LIMIT = 4096
-_CPUINFO_LIMIT = 256 * 1024
-#: Highest CPU number accepted in a CPU list: bounds the set built from a garbage file.
-MAX_CPU = 65535
+_ATTR_LIMIT = ATTR_LIMIT
+_CPUINFO_LIMIT = CPUINFO_LIMIT
 
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
@@ -90,48 +113,9 @@ _LOG = logging.getLogger(__name__)
 _MODULE_LOST = (
     "reading version fails with ENXIO: the TDX module is lost; every TD is gone; reboot needed"
 )
-_NOT_CHECKED = "not checked: no tdx_host device"
 
 _VERSION_RE = re.compile(rb"\s*(\d{1,5})\.(\d{1,5})\.(\d{1,5})\s*")
 _COUNT_RE = re.compile(rb"\s*(\d{1,10})\s*")
-_SIGNATURE_RE = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,8})")
-_CPU_RANGE_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?", re.ASCII)
-_RELEASE_RE = re.compile(r"(\d{1,4})\.(\d{1,4})", re.ASCII)
-_DECIMAL_RE = re.compile(r"\d{1,4}", re.ASCII)
-
-
-class Sysroot:
-    """The root every ``/sys`` and ``/proc`` path is resolved under (``--sysroot``, contract §1)."""
-
-    __slots__ = ("root",)
-
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
-        self.root = Path(root)
-
-    def path(self, path: str) -> Path:
-        """``Sysroot("/tmp/h").path("/sys/x")`` -> ``/tmp/h/sys/x``; root ``/`` -> ``/sys/x``."""
-        if not path.startswith("/"):
-            raise ValueError(f"{path!r} is not an absolute path")
-        return self.root / path.lstrip("/")
-
-    def __repr__(self) -> str:
-        return f"Sysroot({str(self.root)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sysroot) and other.root == self.root
-
-    def __hash__(self) -> int:
-        return hash(self.root)
-
-
-@dataclass(frozen=True)
-class HostCheck:
-    """One preflight check; ``code`` is the cli-contract.md §2 token of a failure, else None."""
-
-    name: str
-    ok: bool
-    detail: str
-    code: str | None
 
 
 @dataclass(frozen=True)
@@ -139,8 +123,9 @@ class HostFacts:
     """Everything :func:`discover` learned about the host; None where a fact could not be read.
 
     For every optional fact that is None (except ``compat_capable``, absent on most kernels,
-    and the values that are None by design: ``generation``, ``sysfs_layout``, ``firmware_name``,
-    ``image_format_fallback``), ``problems`` holds the error saying why.
+    and the values that are None by design: ``generation``, ``kernel``, ``sysfs_layout``,
+    ``firmware_name``, ``image_format_fallback``), ``problems`` holds the error saying why.
+    ``upload`` is None exactly when ``upload_dir`` is.
     """
 
     sysroot: Path
@@ -164,6 +149,10 @@ class HostFacts:
     checks: tuple[HostCheck, ...]
     problems: Mapping[str, TdxError]
     compat_capable: bool | None = None  # v3 kernels only (kernel-abi.md §1 G2)
+    #: the handle the uploader drives; None exactly when ``upload_dir`` is None
+    upload: UploadInterface | None = field(default=None, compare=False)
+    #: the row of :data:`tdxupdate.kernels.GENERATIONS` (or G1) ``generation`` names
+    kernel: kernels.Generation | None = field(default=None, compare=False)
 
     def check(self, name: str) -> HostCheck:
         for c in self.checks:
@@ -177,65 +166,6 @@ class HostFacts:
 
 
 # --------------------------------------------------------------------------- low-level reads
-
-
-def _read_bytes(path: Path, limit: int = _ATTR_LIMIT) -> bytes:
-    """Read at most ``limit`` bytes of ``path``: the only place this module reads a file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks: list[bytes] = []
-        total = 0
-        while total < limit:
-            chunk = os.read(fd, min(65536, limit - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _exists(path: Path) -> bool:
-    # os.path (not Path.exists, which raises on EACCES in 3.11): a path we cannot see is absent.
-    return os.path.lexists(path)
-
-
-def _is_dir(path: Path) -> bool:
-    return os.path.isdir(path)
-
-
-def _show(data: bytes, limit: int = 40) -> str:
-    """Quote file content for a message: printable ASCII kept, everything else escaped."""
-    data = data.strip()
-    out: list[str] = []
-    for b in data[:limit]:
-        if b in (0x22, 0x5C):
-            out.append("\\" + chr(b))
-        elif 0x20 <= b < 0x7F:
-            out.append(chr(b))
-        elif b == 0x0A:
-            out.append("\\n")
-        elif b == 0x09:
-            out.append("\\t")
-        else:
-            out.append(f"\\x{b:02x}")
-    shown = '"' + "".join(out) + '"'
-    if len(data) > limit:
-        shown += f"… ({len(data)} bytes)"
-    return shown
-
-
-_CLASSES: dict[str, type[TdxError]] = {
-    "permission-denied": PermissionDenied,
-    "io-error": IOFailure,
-    "upload-busy": TryLater,
-    "cpus-offline": TryLater,
-}
-
-
-def _error(code: str, message: str) -> TdxError:
-    return _CLASSES.get(code, Unavailable)(message, code=code)
 
 
 def _is_seamldr_attribute(path: Path) -> bool:
@@ -254,25 +184,25 @@ def _os_error(path: Path, exc: OSError, missing_code: str) -> TdxError:
             )
         return PermissionDenied(f"{path}: permission denied: run as root")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return _error(missing_code, f"{path}: does not exist")
+        return error_for_code(missing_code, f"{path}: does not exist")
     name = errno.errorcode.get(exc.errno or 0, "error")
     return IOFailure(f"{path}: read fails with {name} ({exc.strerror or exc})")
 
 
-def _read_attr(path: Path, missing_code: str, limit: int = _ATTR_LIMIT) -> bytes:
+def _read_attr(sysroot: Sysroot, path: Path, missing_code: str, limit: int = _ATTR_LIMIT) -> bytes:
     try:
-        data = _read_bytes(path, limit)
+        data = sysroot.read(path, limit)
     except OSError as exc:
         _LOG.debug("read %s: %s", path, exc.strerror or exc)
         raise _os_error(path, exc, missing_code) from exc
-    _LOG.debug("read %s: %s", path, _show(data))
+    _LOG.debug("read %s: %s", path, show(data))
     return data
 
 
 # --------------------------------------------------------------------------- public parsers
 
 
-def read_version_file(path: Path) -> Version:
+def read_version_file(path: Path, sysroot: Sysroot | None = None) -> Version:
     """Read a sysfs version attribute (``M.m.uu``, or ``M.m.u`` from the v2 series).
 
     Raises a :class:`TdxError`: ``version-unreadable`` when the file is missing, empty or garbage,
@@ -280,7 +210,7 @@ def read_version_file(path: Path) -> Version:
     ``permission-denied`` on EACCES/EPERM (0400 P-SEAMLDR attributes); ``io-error`` otherwise.
     """
     try:
-        data = _read_bytes(path)
+        data = (sysroot or Sysroot()).read(path)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             raise Unavailable(f"{path}: {_MODULE_LOST}", code="version-unreadable") from exc
@@ -292,132 +222,10 @@ def read_version_file(path: Path) -> Version:
     m = _VERSION_RE.fullmatch(data)
     if m is None:
         raise Unavailable(
-            f"{path}: {_show(data)} is not a version (expected major.minor.update)",
+            f"{path}: {show(data)} is not a version (expected major.minor.update)",
             code="version-unreadable",
         )
     return Version(int(m[1]), int(m[2]), int(m[3]))
-
-
-def parse_cpu_signature(text: str) -> int:
-    """``"0x806f8"`` / ``"806F8"`` -> 0x806f8 (CPUID.1.EAX, at most 32 bits); else ValueError."""
-    m = _SIGNATURE_RE.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(
-            f"{text.strip()!r} is not a CPU signature (CPUID.1.EAX in hex, e.g. 0x806f8)"
-        )
-    return int(m[1], 16)
-
-
-def format_cpu_signature(sig: int) -> str:
-    return f"0x{sig:x}"
-
-
-def _cpuinfo_first_block(text: str) -> dict[str, str]:
-    """The ``key : value`` lines of the first processor entry (entries end at a blank line)."""
-    fields: dict[str, str] = {}
-    for line in text.split("\n"):
-        if not line.strip():
-            if fields:
-                break
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    return fields
-
-
-def _cpuinfo_number(fields: Mapping[str, str], key: str, maximum: int) -> int:
-    if key not in fields:
-        raise ValueError(f"the first processor entry has no {key!r} line")
-    value = fields[key]
-    if not _DECIMAL_RE.fullmatch(value) or int(value) > maximum:
-        raise ValueError(f"{key} is {_show(value.encode())}, not a number from 0 to {maximum}")
-    return int(value)
-
-
-def cpu_signature_from_cpuinfo(text: str) -> int:
-    """CPUID.1.EAX from the first processor entry of /proc/cpuinfo (cli-contract.md §1).
-
-    ``EAX = stepping | (model & 0xF) << 4 | family' << 8 | (model >> 4) << 16 | ext << 20`` with
-    family' = min(family, 15) and ext = max(family - 15, 0): the CPUID encoding Linux decodes
-    ``cpu family`` from. For every family up to 15 this is the contract's ``family & 0xF``.
-    Raises ValueError naming the missing or bad field, or a vendor other than GenuineIntel.
-    """
-    fields = _cpuinfo_first_block(text)
-    if not fields:
-        raise ValueError("no processor entry")
-    vendor = fields.get("vendor_id")
-    if vendor is None:
-        raise ValueError("the first processor entry has no 'vendor_id' line")
-    if vendor != "GenuineIntel":
-        raise ValueError(f"vendor_id is {_show(vendor.encode())}, not GenuineIntel")
-    family = _cpuinfo_number(fields, "cpu family", 15 + 0xFF)
-    model = _cpuinfo_number(fields, "model", 0xFF)
-    stepping = _cpuinfo_number(fields, "stepping", 0xF)
-    return (
-        stepping
-        | (model & 0xF) << 4
-        | min(family, 15) << 8
-        | (model >> 4) << 16
-        | max(family - 15, 0) << 20
-    )
-
-
-def cpuinfo_bugs(text: str) -> frozenset[str]:
-    """The words of the ``bugs`` line of the first processor entry (empty when there is none)."""
-    return frozenset(_cpuinfo_first_block(text).get("bugs", "").split())
-
-
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """Linux CPU list (``0-3,5``; empty means none) -> set of CPU numbers; else ValueError."""
-    text = text.strip()
-    if not text:
-        return frozenset()
-    cpus: set[int] = set()
-    for item in text.split(","):
-        m = _CPU_RANGE_RE.fullmatch(item.strip())
-        if m is None:
-            raise ValueError(f"{item.strip()!r} is not a CPU number or range")
-        first = int(m[1])
-        last = int(m[2]) if m[2] is not None else first
-        if last < first:
-            raise ValueError(f"{item.strip()!r} is a reversed range")
-        if last > MAX_CPU:
-            raise ValueError(f"CPU {last} is beyond {MAX_CPU}")
-        cpus.update(range(first, last + 1))
-    return frozenset(cpus)
-
-
-def format_cpu_list(cpus: Iterable[int]) -> str:
-    """The kernel's notation: ``{0, 1, 2, 3, 5}`` -> ``"0-3,5"``."""
-    ordered = sorted(set(cpus))
-    parts: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def parse_kernel_release(text: str) -> tuple[int, int]:
-    """Leading ``X.Y`` of a kernel release (``7.2.0-rc1+`` -> (7, 2)); ValueError otherwise."""
-    m = _RELEASE_RE.match(text.strip())
-    if m is None:
-        raise ValueError(f"{text.strip()!r} does not start with major.minor")
-    return (int(m[1]), int(m[2]))
-
-
-def parse_image_format(text: str) -> int | None:
-    """``--image-format``: ``auto`` -> None, ``0x100`` -> 0x100, ``0x200`` -> 0x200."""
-    value = text.strip().lower()
-    if value == "auto":
-        return None
-    if value in ("0x100", "0x200"):
-        return int(value, 16)
-    raise UsageError(f"--image-format: {text!r} is not one of auto, 0x100, 0x200")
 
 
 # --------------------------------------------------------------------------- discovery
@@ -427,12 +235,16 @@ def parse_image_format(text: str) -> int | None:
 class _Interface:
     """Where the tdx_host attributes of this kernel generation live (kernel-abi.md §1, §6)."""
 
-    generation: str | None = None
+    kernel: kernels.Generation | None = None
     layout: str | None = None
     firmware_name: str | None = None
     upload_dir: Path | None = None
     seamldr_version: Path | None = None
     num_remaining_updates: Path | None = None
+
+    @property
+    def generation(self) -> str | None:
+        return self.kernel.name if self.kernel is not None else None
 
 
 def find_upload_dir(sysroot: Sysroot) -> tuple[str, Path] | None:
@@ -444,7 +256,7 @@ def find_upload_dir(sysroot: Sysroot) -> tuple[str, Path] | None:
         # The class path is a symlink to the device path on a real host; a plain tree may hold
         # either one, and the class path is the one the kernel documents.
         for candidate in (sysroot.path(f"{CLASS_FIRMWARE}/{name}"), host / "firmware" / name):
-            if _is_dir(candidate):
+            if sysroot.is_dir(candidate):
                 return name, candidate
     return None
 
@@ -457,34 +269,35 @@ def _find_interface(sysroot: Sysroot, release: tuple[int, int] | None) -> _Inter
     if located is not None:
         found.firmware_name, found.upload_dir = located
 
-    if _is_dir(host / "seamldr"):
-        found.layout = SEAMLDR_DIR
-        found.seamldr_version = host / "seamldr" / "version"
-        found.num_remaining_updates = host / "seamldr" / "num_remaining_updates"
-    elif _exists(host / "seamldr_version") or _exists(host / "num_remaining_updates"):
-        found.layout = FLAT
-        found.seamldr_version = host / "seamldr_version"
-        found.num_remaining_updates = host / "num_remaining_updates"
+    for layout, (version_path, remaining_path) in kernels.LAYOUT_PATHS.items():
+        version, remaining = host / version_path, host / remaining_path
+        present = (
+            sysroot.is_dir(version.parent)
+            if layout == SEAMLDR_DIR
+            else sysroot.exists(version) or sysroot.exists(remaining)
+        )
+        if present:
+            found.layout = layout
+            found.seamldr_version, found.num_remaining_updates = version, remaining
+            break
 
-    if found.firmware_name == "seamldr_upload":
-        found.generation = "G2"
-    elif found.layout == SEAMLDR_DIR:
-        found.generation = "G3" if found.firmware_name else _seamldr_dir_generation(host)
-    elif found.layout == FLAT:
-        # G4 and G5 have the same sysfs; only a mainline release >= 7.2 is surely G5.
-        found.generation = "G5" if release is not None and release >= FORMAT_B_KERNEL else "G4/G5"
+    def world_readable() -> bool | None:
+        try:
+            mode = sysroot.stat(host / "seamldr" / "version").st_mode
+        except OSError:
+            return None
+        return bool(mode & 0o004)
+
+    found.kernel = kernels.detect(
+        kernels.Probe(
+            firmware_name=found.firmware_name,
+            layout=found.layout,
+            release=release,
+            compat_capable=sysroot.exists(host / "compat_capable"),
+            seamldr_world_readable=world_readable,
+        )
+    )
     return found
-
-
-def _seamldr_dir_generation(host: Path) -> str | None:
-    """G2 or G3 when no firmware dir tells: v3's compat_capable, or world-readable attributes."""
-    if _exists(host / "compat_capable"):
-        return "G2"
-    try:
-        mode = os.stat(host / "seamldr" / "version").st_mode
-    except OSError:
-        return None
-    return "G2" if mode & 0o004 else "G3"
 
 
 def _missing_upload_reason(
@@ -512,8 +325,8 @@ def _missing_upload_reason(
 # Readers of single files: each returns the value or raises the TdxError saying what is wrong.
 
 
-def _read_cpuinfo(path: Path) -> str:
-    raw = _read_attr(path, "cpu-unknown", _CPUINFO_LIMIT)
+def _read_cpuinfo(sysroot: Sysroot, path: Path) -> str:
+    raw = _read_attr(sysroot, path, "cpu-unknown", _CPUINFO_LIMIT)
     if not raw.strip():
         raise Unavailable(f"{path}: empty", code="cpu-unknown")
     return raw.decode("utf-8", "replace")
@@ -528,45 +341,45 @@ def _signature_of(path: Path, cpuinfo: str) -> int:
         ) from exc
 
 
-def _read_cpu_list(path: Path) -> frozenset[int]:
-    data = _read_attr(path, "io-error")
+def _read_cpu_list(sysroot: Sysroot, path: Path) -> frozenset[int]:
+    data = _read_attr(sysroot, path, "io-error")
     if not data.strip():
         raise IOFailure(f"{path}: empty (expected a CPU list like 0-3)")
     try:
         return parse_cpu_list(data.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise IOFailure(f"{path}: {_show(data)} is not a CPU list like 0-3,5") from exc
+        raise IOFailure(f"{path}: {show(data)} is not a CPU list like 0-3,5") from exc
 
 
-def _read_release(path: Path) -> str:
-    data = _read_attr(path, "io-error")
+def _read_release(sysroot: Sysroot, path: Path) -> str:
+    data = _read_attr(sysroot, path, "io-error")
     text = data.strip()
     if not text:
         raise IOFailure(f"{path}: empty (expected a kernel release like 7.2.0)")
     if not all(0x20 < b < 0x7F for b in text):
-        raise IOFailure(f"{path}: {_show(data)} is not a kernel release")
+        raise IOFailure(f"{path}: {show(data)} is not a kernel release")
     return text.decode("ascii")
 
 
-def _read_count(path: Path) -> int:
-    data = _read_attr(path, "no-remaining-updates")
+def _read_count(sysroot: Sysroot, path: Path) -> int:
+    data = _read_attr(sysroot, path, "no-remaining-updates")
     if not data.strip():
         raise Unavailable(f"{path}: empty (expected a number)", code="no-remaining-updates")
     m = _COUNT_RE.fullmatch(data)
     if m is None:
-        raise Unavailable(f"{path}: {_show(data)} is not a number", code="no-remaining-updates")
+        raise Unavailable(f"{path}: {show(data)} is not a number", code="no-remaining-updates")
     return int(m[1])
 
 
-def _read_flag(path: Path) -> bool:
-    data = _read_attr(path, "io-error").strip()
+def _read_flag(sysroot: Sysroot, path: Path) -> bool:
+    data = _read_attr(sysroot, path, "io-error").strip()
     if data not in (b"0", b"1"):
-        raise IOFailure(f"{path}: {_show(data)} is neither 0 nor 1")
+        raise IOFailure(f"{path}: {show(data)} is neither 0 nor 1")
     return data == b"1"
 
 
-def _read_status(path: Path) -> str:
-    return _read_attr(path, "io-error").decode("utf-8", "replace").strip()
+def _read_status(sysroot: Sysroot, path: Path) -> str:
+    return _read_attr(sysroot, path, "io-error").decode("utf-8", "replace").strip()
 
 
 def _probe_device(
@@ -575,35 +388,19 @@ def _probe_device(
     """Steps 1–2 of kernel-abi.md §6: the error when there is no usable tdx_host device."""
     g1_path = sysroot.path(G1_TDX_TSM)
     host_path = sysroot.path(TDX_HOST)
-    if _exists(g1_path):
+    if sysroot.exists(g1_path):
         return Unavailable(
             f"{g1_path} exists: this kernel has the obsolete v1 update interface (May 2025 "
             f"patch series), and tdxupdate needs {TDX_HOST} from the v2 series or mainline 7.2",
             code="unsupported-kernel",
-        ), _Interface(generation="G1")
-    if not _is_dir(host_path):
+        ), _Interface(kernel=kernels.G1)
+    if not sysroot.is_dir(host_path):
         return Unavailable(
             f"{host_path} does not exist: the tdx-host driver is not loaded or the TDX module is "
             "not initialized (try: modprobe kvm_intel tdx=1; modprobe tdx-host)",
             code="no-tdx-host",
         ), _Interface()
     return None, _find_interface(sysroot, release)
-
-
-def _image_format(
-    forced: int | None, tdx_host: bool, generation: str | None, release: tuple[int, int] | None
-) -> tuple[int | None, int | None]:
-    """(format sent first, the other one when cli-contract.md §4 step 10 may retry it)."""
-    if forced is not None:
-        return forced, None
-    if not tdx_host:
-        return None, None
-    if generation in ("G2", "G3"):
-        return FORMAT_A, None
-    # Flat (G4/G5): only a release >= 7.2 is known to take Format B alone (kernel-abi.md §6 5).
-    if release is not None and release >= FORMAT_B_KERNEL:
-        return FORMAT_B, None
-    return FORMAT_B, FORMAT_A
 
 
 def module_lost(facts: HostFacts) -> bool:
@@ -641,7 +438,7 @@ def discover(
 
     # CPU facts need no tdx_host device.
     cpuinfo_path = sysroot.path(CPUINFO)
-    cpuinfo = attempt("erratum_seamret_invd_vmcs", _read_cpuinfo, cpuinfo_path)
+    cpuinfo = attempt("erratum_seamret_invd_vmcs", _read_cpuinfo, sysroot, cpuinfo_path)
     sig = cpu_signature
     if sig is None:
         if cpuinfo is None:
@@ -649,9 +446,9 @@ def discover(
         else:
             sig = attempt("cpu_signature", _signature_of, cpuinfo_path, cpuinfo)
     erratum = cpuinfo is not None and ERRATUM in cpuinfo_bugs(cpuinfo)
-    online = attempt("cpus_online", _read_cpu_list, sysroot.path(CPUS_ONLINE))
-    present = attempt("cpus_present", _read_cpu_list, sysroot.path(CPUS_PRESENT))
-    kernel_release = attempt("kernel_release", _read_release, sysroot.path(OSRELEASE))
+    online = attempt("cpus_online", _read_cpu_list, sysroot, sysroot.path(CPUS_ONLINE))
+    present = attempt("cpus_present", _read_cpu_list, sysroot, sysroot.path(CPUS_PRESENT))
+    kernel_release = attempt("kernel_release", _read_release, sysroot, sysroot.path(OSRELEASE))
     release: tuple[int, int] | None = None
     if kernel_release is not None:
         with contextlib.suppress(ValueError):  # unparseable: §4 step 10's fallback covers it
@@ -670,7 +467,9 @@ def discover(
         problems["upload_dir"] = problems["upload_status"] = host_error
     else:
         host_path = sysroot.path(TDX_HOST)
-        module_version = attempt("module_version", read_version_file, host_path / "version")
+        module_version = attempt(
+            "module_version", read_version_file, host_path / "version", sysroot
+        )
         if iface.seamldr_version is None or iface.num_remaining_updates is None:
             hidden = "the kernel shows the P-SEAMLDR attributes only when the module can be updated"
             problems["seamldr_version"] = Unavailable(
@@ -684,10 +483,16 @@ def discover(
                 code="no-remaining-updates",
             )
         else:
-            seamldr_version = attempt("seamldr_version", read_version_file, iface.seamldr_version)
-            remaining = attempt("num_remaining_updates", _read_count, iface.num_remaining_updates)
-        if _exists(host_path / "compat_capable"):
-            compat_capable = attempt("compat_capable", _read_flag, host_path / "compat_capable")
+            seamldr_version = attempt(
+                "seamldr_version", read_version_file, iface.seamldr_version, sysroot
+            )
+            remaining = attempt(
+                "num_remaining_updates", _read_count, sysroot, iface.num_remaining_updates
+            )
+        if sysroot.exists(host_path / "compat_capable"):
+            compat_capable = attempt(
+                "compat_capable", _read_flag, sysroot, host_path / "compat_capable"
+            )
         if iface.upload_dir is None:
             cls = sysroot.path(CLASS_FIRMWARE)
             known_erratum = None if cpuinfo is None else erratum
@@ -698,9 +503,11 @@ def discover(
                 code="no-upload-interface",
             )
         else:
-            upload_status = attempt("upload_status", _read_status, iface.upload_dir / "status")
+            upload_status = attempt(
+                "upload_status", _read_status, sysroot, iface.upload_dir / "status"
+            )
 
-    fmt, fallback = _image_format(forced_format, host_error is None, iface.generation, release)
+    fmt, fallback = kernels.image_formats(forced_format, host_error is None, iface.kernel, release)
     facts = HostFacts(
         sysroot=sysroot.root,
         tdx_host=host_error is None,
@@ -723,117 +530,12 @@ def discover(
         checks=(),
         problems=problems,
         compat_capable=compat_capable,
+        upload=(
+            UploadInterface(iface.upload_dir, iface.firmware_name, sysroot)
+            if iface.upload_dir is not None
+            else None
+        ),
+        kernel=iface.kernel,
     )
-    return dataclasses.replace(facts, checks=_checks(facts, sysroot, cpu_signature is not None))
-
-
-def _checks(facts: HostFacts, sysroot: Sysroot, signature_given: bool) -> tuple[HostCheck, ...]:
-    """The preflight checks, in CHECK_NAMES order, from the facts and their problems."""
-    problems = facts.problems
-    checks: list[HostCheck] = []
-
-    def add(name: str, failure: TdxError | None, ok_detail: str) -> None:
-        if failure is None:
-            checks.append(HostCheck(name, True, ok_detail, None))
-        else:
-            checks.append(HostCheck(name, False, failure.message, failure.code))
-
-    host_error = problems.get("tdx_host")
-
-    def needs_device(failure: TdxError | None) -> TdxError | None:
-        if host_error is not None:
-            return _error(host_error.code, _NOT_CHECKED)
-        return failure
-
-    host_path = sysroot.path(TDX_HOST)
-    layout = facts.sysfs_layout or "no P-SEAMLDR attributes"
-    add("tdx-host", host_error, f"{host_path} present: interface {facts.generation}, {layout}")
-
-    add(
-        "upload-interface",
-        needs_device(problems.get("upload_dir")),
-        f"{facts.upload_dir} (firmware {facts.firmware_name})",
-    )
-
-    status_path = f"{facts.upload_dir}/status"
-    idle_failure = problems.get("upload_status")
-    if facts.upload_dir is None:
-        idle_failure = _error("no-upload-interface", "not checked: no upload interface")
-    elif idle_failure is None and facts.upload_status != "idle":
-        idle_failure = TryLater(
-            f'{status_path} is {_show((facts.upload_status or "").encode())}, not "idle": '
-            "another upload is in progress; try again when it finishes",
-            code="upload-busy",
-        )
-    add("upload-idle", needs_device(idle_failure), f"{status_path} is idle")
-
-    remaining_failure = problems.get("num_remaining_updates")
-    if facts.num_remaining_updates == 0:
-        remaining_failure = Unavailable(
-            "num_remaining_updates is 0: no update possible until reboot",
-            code="no-remaining-updates",
-        )
-    add(
-        "remaining-updates",
-        needs_device(remaining_failure),
-        f"num_remaining_updates is {facts.num_remaining_updates}",
-    )
-
-    online, present = facts.cpus_online, facts.cpus_present
-    cpus_failure = problems.get("cpus_online") or problems.get("cpus_present")
-    if online is not None and present is not None:
-        if present - online:
-            cpus_failure = TryLater(
-                f"{len(online & present)} of {len(present)} CPUs online "
-                f"(offline: {format_cpu_list(present - online)}); "
-                "the update needs every present CPU online",
-                code="cpus-offline",
-            )
-        elif online - present:
-            cpus_failure = IOFailure(
-                f"{sysroot.path(CPUS_ONLINE)} lists CPUs {format_cpu_list(online - present)} "
-                f"that {sysroot.path(CPUS_PRESENT)} does not: the CPU lists are inconsistent"
-            )
-    add(
-        "cpus-online",
-        cpus_failure,
-        f"all {len(present or ())} present CPUs are online ({format_cpu_list(present or ())})",
-    )
-
-    add(
-        "module-version",
-        needs_device(problems.get("module_version")),
-        f"TDX module {facts.module_version}",
-    )
-    add(
-        "seamldr-version",
-        needs_device(problems.get("seamldr_version")),
-        f"P-SEAMLDR {facts.seamldr_version}",
-    )
-
-    signature = format_cpu_signature(facts.cpu_signature or 0)
-    cpuinfo_path = sysroot.path(CPUINFO)
-    add(
-        "cpu-signature",
-        problems.get("cpu_signature"),
-        f"{signature} (given; /proc/cpuinfo not used)"
-        if signature_given
-        else f"{signature} from {cpuinfo_path}",
-    )
-
-    cpuinfo_error = problems.get("erratum_seamret_invd_vmcs")
-    erratum_failure: TdxError | None = None
-    if cpuinfo_error is not None:
-        erratum_failure = _error(cpuinfo_error.code, f"not checked: {cpuinfo_error.message}")
-    elif facts.erratum_seamret_invd_vmcs:
-        erratum_failure = Unavailable(
-            f"{cpuinfo_path}: the bugs line lists {ERRATUM}: this CPU cannot update the TDX "
-            "module at runtime; updates need a reboot",
-            code="no-upload-interface",
-        )
-    add(
-        "erratum-seamret-invd-vmcs",
-        erratum_failure,
-        f"{cpuinfo_path}: the bugs line does not list {ERRATUM}",
-    )
-    return tuple(checks)
+    checks = preflight.run_checks(facts, sysroot, cpu_signature is not None)
+    return dataclasses.replace(facts, checks=checks)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -39,9 +40,10 @@ from factories.cli import Result, run_main, validate
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 from factories.sim import mount_sim
 
-from tdxupdate import __version__, history, uploader
+from tdxupdate import __version__, history
 from tdxupdate.image import FORMAT_A, FORMAT_B, convert
 from tdxupdate.sim.session import SimHost
+from tdxupdate.sysroot import Sysroot
 from tdxupdate.uploader import KNOWN_ERROR_TOKENS
 
 pytestmark = pytest.mark.fuse
@@ -989,24 +991,18 @@ def test_signal_before_anything_was_written_exits_without_a_record(
     tool_for: Callable[[str], Tool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A SIGTERM that lands between opening data and loading=1: the driver reports that it
-    # touched nothing, so there is no attempt to record (§5), only the exit code.
+    # touched nothing, so there is no attempt to record (§5), only the exit code. The signal
+    # is sent from the one door to the host, as the upload interface's data is opened.
     tool = tool_for("ml")
+    real_open = Sysroot.open_fd
 
-    def signal_first(upload_dir: Path, image: bytes, **kwargs: Any) -> uploader.UploadResult:
-        return uploader.UploadResult(
-            kernel_error=None,
-            final_status="idle",
-            timed_out=False,
-            interrupted=signal.SIGTERM,
-            signal_after_commit=None,
-            duration_s=0.0,
-            bytes_written=0,
-            remaining_size=None,
-            committed=False,
-            touched=False,
-        )
+    def open_then_signal(self: Sysroot, path: Path, flags: int) -> int:
+        fd = real_open(self, path, flags)
+        if path.name == "data":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fd
 
-    monkeypatch.setattr(uploader, "upload", signal_first)
+    monkeypatch.setattr(Sysroot, "open_fd", open_then_signal)
     doc = assert_fails(tool("--update", "--json"), 143, "interrupted")
     assert "before anything was written" in doc["error"]["message"]
     assert tool.records() == []

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 
-from tdxupdate import uploader
 from tdxupdate.cli import main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "mapping_samples" / "hosts" / "spr-flat-1.5.06"
@@ -73,16 +72,3 @@ def test_a_real_update_on_a_plain_tree_is_refused_and_writes_nothing(
     code, doc, err = run(capsys, host, repo, keys, tmp_path / "state", "--update", "--dry-run")
     assert code == 0 and doc["to_version"] == "1.5.08", err
     assert tree_digest(host) == before
-
-
-def test_the_filesystem_type_comes_from_mountinfo(tmp_path: Path) -> None:
-    info = tmp_path / "mountinfo"
-    info.write_text(
-        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
-        "23 22 0:21 / /sys rw - sysfs sysfs rw\n"
-        "60 22 0:50 / /tmp/my\\040host rw - fuse.tdxsim tdxsim rw\n"
-    )
-    assert uploader.filesystem_type(Path("/sys/class/firmware"), info) == "sysfs"
-    assert uploader.filesystem_type(Path("/tmp/my host/sys"), info) == "fuse.tdxsim"
-    assert uploader.filesystem_type(Path("/srv/x"), info) == "ext4"
-    assert uploader.filesystem_type(Path("/systemd"), info) == "ext4"  # not under /sys

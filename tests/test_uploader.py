@@ -1,8 +1,8 @@
 """The fw_upload driver (tdxupdate.uploader) against a fake upload directory.
 
 The directory holds plain files (``loading``, ``data``, ``status``, ``error``,
-``remaining_size``); :class:`FakeFwUpload` wraps ``os.open``/``os.write``/``os.read`` for the
-descriptors opened in it so that they behave like the kernel's attributes
+``remaining_size``); :class:`FakeFwUpload` is the :class:`~tdxupdate.sysroot.Sysroot` the driver
+reaches them through, and makes their descriptors behave like the kernel's attributes
 (kernel-abi.md §2, real-kernel-tier.md §6): ``loading`` takes a value and acts on it, ``data``
 can take short writes or fail, ``error`` can answer EBUSY. Time is a fake clock that moves
 only when the driver sleeps, so the status-watch schedule is asserted exactly and nothing
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from tdxupdate.errors import IOFailure, PermissionDenied, TryLater
+from tdxupdate.sysroot import Sysroot
 from tdxupdate.uploader import (
-    KNOWN_ERROR_TOKENS,
+    UploadInterface,
     UploadResult,
-    decode_kernel_error,
     interface_written,
     upload,
     upload_committed,
@@ -64,13 +64,15 @@ class FakeClock:
 DataAction = Callable[[int, memoryview], int | None]
 
 
-class FakeFwUpload:
-    """A plain-file fw_upload directory with the kernel's attribute semantics patched in."""
+class FakeFwUpload(Sysroot):
+    """A Sysroot whose fw_upload directory (plain files) has the kernel's attribute semantics."""
 
     ATTRS = ("loading", "data", "status", "error", "remaining_size")
 
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self.dir = root / "tdx_module"
+        self.iface = UploadInterface(self.dir, "tdx_module", self)
         self.dir.mkdir()
         self.set("loading", "0\n")
         self.set("data", "")
@@ -91,17 +93,11 @@ class FakeFwUpload:
         self.commit_leaves_loading = False
         #: What the "kernel" does when loading=0 starts an upload; default: done at once.
         self.on_commit: Callable[[FakeFwUpload, int], None] = FakeFwUpload.finish
+        #: called with the attribute name after each open of one (a signal "during" the open)
+        self.after_open: Callable[[str], None] | None = None
         self._fds: dict[int, str] = {}
-        self._real_open = os.open
-        self._real_write = os.write
-        self._real_read = os.read
-        self._real_close = os.close
-        monkeypatch.setattr(os, "open", self._open)
-        monkeypatch.setattr(os, "write", self._write)
-        monkeypatch.setattr(os, "read", self._read)
-        monkeypatch.setattr(os, "close", self._close)
 
-    # ---- plain-file helpers (Path I/O goes through io, not the patched os functions)
+    # ---- plain-file helpers (Path I/O, not through the Sysroot)
     def set(self, attr: str, text: str) -> None:
         (self.dir / attr).write_text(text)
 
@@ -121,37 +117,39 @@ class FakeFwUpload:
     def reads(self, attr: str) -> int:
         return sum(1 for kind, what in self.events if kind == "read" and what == attr)
 
-    # ---- the patched os functions
-    def _open(self, path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        fd = self._real_open(path, flags, mode, dir_fd=dir_fd)
-        p = Path(os.fsdecode(path))
+    # ---- the Sysroot primitives the driver's every access goes through
+    def open_fd(self, path: Path, flags: int) -> int:
+        fd = super().open_fd(path, flags)
+        p = Path(path)
         if p.parent == self.dir and p.name in self.ATTRS:
             if p.name == "data":
                 assert not flags & (os.O_TRUNC | os.O_CREAT | os.O_APPEND), "data opened wrongly"
             self._fds[fd] = p.name
+            if self.after_open is not None:
+                self.after_open(p.name)
         return fd
 
-    def _close(self, fd: int) -> None:
+    def close_fd(self, fd: int) -> None:
         self._fds.pop(fd, None)
-        self._real_close(fd)
+        super().close_fd(fd)
 
-    def _read(self, fd: int, n: int) -> bytes:
+    def read_fd(self, fd: int, size: int) -> bytes:
         attr = self._fds.get(fd)
         if attr is not None:
             self.events.append(("read", attr))
             if attr == "error" and self.error_read_failures:
                 raise self.error_read_failures.pop(0)
-        return self._real_read(fd, n)
+        return super().read_fd(fd, size)
 
-    def _write(self, fd: int, buf) -> int:  # type: ignore[no-untyped-def]
+    def write_fd(self, fd: int, data: bytes | memoryview) -> int:
         attr = self._fds.get(fd)
         if attr == "loading":
-            return self._write_loading(fd, bytes(buf).decode())
+            return self._write_loading(fd, bytes(data).decode())
         if attr == "data":
-            return self._write_data(fd, memoryview(buf))
+            return self._write_data(fd, memoryview(data))
         if attr is not None:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
-        return self._real_write(fd, buf)
+        return super().write_fd(fd, data)
 
     def _write_loading(self, fd: int, value: str) -> int:
         self.loading_writes.append(value)
@@ -189,12 +187,12 @@ class FakeFwUpload:
                 accept = override
         if accept == 0:
             return 0
-        return self._real_write(fd, buf[:accept])
+        return super().write_fd(fd, buf[:accept])
 
 
 @pytest.fixture
-def fw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeFwUpload:
-    return FakeFwUpload(tmp_path, monkeypatch)
+def fw(tmp_path: Path) -> FakeFwUpload:
+    return FakeFwUpload(tmp_path)
 
 
 @pytest.fixture
@@ -220,7 +218,7 @@ def image_of(size: int) -> bytes:
 
 
 def run(fw: FakeFwUpload, image: bytes, **kwargs: object) -> UploadResult:
-    return upload(fw.dir, image, clock=fw.clock, sleep=fw.clock.sleep, **kwargs)  # type: ignore[arg-type]
+    return upload(fw.iface, image, clock=fw.clock, sleep=fw.clock.sleep, **kwargs)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -558,19 +556,15 @@ def test_signal_while_streaming_aborts_and_reports(
 
 
 def test_signal_before_the_first_write_touches_nothing(
-    fw: FakeFwUpload, sentinel_handlers: list[int], monkeypatch: pytest.MonkeyPatch
+    fw: FakeFwUpload, sentinel_handlers: list[int]
 ) -> None:
     # The signal lands while data is being opened: loading was never written, so the attempt
     # reached nothing and must not be recorded (contract §5).
-    patched_open = os.open
-
-    def open_then_signal(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        fd = patched_open(path, flags, mode, dir_fd=dir_fd)
-        if Path(os.fsdecode(path)).name == "data":
+    def open_then_signal(name: str) -> None:
+        if name == "data":
             os.kill(os.getpid(), signal.SIGTERM)
-        return fd
 
-    monkeypatch.setattr(os, "open", open_then_signal)
+    fw.after_open = open_then_signal
     result = run(fw, image_of(2 * PAGE))
     assert result.interrupted == signal.SIGTERM
     assert result.touched is False and result.bytes_written == 0
@@ -626,93 +620,3 @@ def test_upload_from_a_worker_thread_leaves_signal_handlers_alone(
     assert errors == []
     assert results[0].accepted
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-# ----------------------------------------------------------------------------- decoding
-
-STAGES = ["receiving", "preparing", "transferring", "programming"]
-STAGE_WORDS = {
-    "receiving": "receiving the image",
-    "preparing": "preparing the update",
-    "transferring": "being installed",
-    "programming": "completing the update",
-}
-
-
-@pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("token", KNOWN_ERROR_TOKENS)
-def test_decode_every_token_at_every_stage(stage: str, token: str) -> None:
-    info = decode_kernel_error(f"{stage}:{token}\n")
-    assert (info.stage, info.error, info.text) == (stage, token, f"{stage}:{token}")
-    if token == "device-busy":
-        assert (info.code, info.exit_code) == ("device-busy", 75)
-        assert "nothing changed" in info.sentence
-        assert info.to_error().code == "device-busy"
-        assert info.to_error().exit_code == 75
-    else:
-        assert (info.code, info.exit_code) == ("kernel-error", 1)
-        assert "checks the module version next" in info.sentence
-        assert info.to_error().exit_code == 1
-    assert STAGE_WORDS[stage] in info.sentence
-    assert token in info.sentence
-    assert info.sentence[0].isupper() and info.sentence.endswith(".")
-    assert ". " not in info.sentence, "one sentence only"
-    assert info.may_be_fatal == (
-        token in ("hw-error", "firmware-invalid", "timeout", "unknown-error")
-    )
-
-
-def test_kernel_error_to_error_names_the_place() -> None:
-    error = decode_kernel_error("transferring:firmware-invalid\n").to_error("/sys/x/error")
-    assert error.code == "kernel-error"
-    assert error.message.startswith(
-        "/sys/x/error: transferring:firmware-invalid: The update failed while the module was "
-        "being installed with firmware-invalid: "
-    )
-
-
-@pytest.mark.parametrize("token", ["hw-error", "firmware-invalid"])
-def test_decode_fatal_tokens_say_so(token: str) -> None:
-    sentence = decode_kernel_error(f"transferring:{token}").sentence
-    assert "may be fatal" in sentence
-    assert "reboot" in sentence
-
-
-@pytest.mark.parametrize(
-    ("text", "stage", "error", "code"),
-    [
-        ("transferring:skip", "transferring", "skip", "kernel-error"),
-        ("preparing:firmware-duplicate\n", "preparing", "firmware-duplicate", "kernel-error"),
-        ("bogus-stage:hw-error", "unknown", "hw-error", "kernel-error"),
-        ("device-busy", "unknown", "device-busy", "device-busy"),
-        ("garbage", "unknown", "garbage", "kernel-error"),
-        ("preparing:", "preparing", "", "kernel-error"),
-        (":hw-error", "unknown", "hw-error", "kernel-error"),
-        ("", "unknown", "", "kernel-error"),
-        ("  transferring : device-busy \n", "transferring", "device-busy", "device-busy"),
-        ("transferring:a:b", "transferring", "a:b", "kernel-error"),
-    ],
-    ids=[
-        "new-token",
-        "proposed-token",
-        "unknown-stage",
-        "no-colon-known",
-        "no-colon-unknown",
-        "empty-token",
-        "empty-stage",
-        "empty",
-        "spaces",
-        "two-colons",
-    ],
-)
-def test_decode_unknown_and_malformed_text(text: str, stage: str, error: str, code: str) -> None:
-    info = decode_kernel_error(text)
-    assert (info.stage, info.error, info.code) == (stage, error, code)
-    assert info.exit_code == (75 if code == "device-busy" else 1)
-    assert info.sentence.endswith(".") and ". " not in info.sentence
-    if code == "kernel-error" and error not in KNOWN_ERROR_TOKENS:
-        assert info.may_be_fatal
-        assert "does not know" in info.sentence
-        assert (repr(error) if error else "an empty error") in info.sentence
-    if stage == "unknown":
-        assert "at an unknown stage" in info.sentence

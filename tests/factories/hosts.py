@@ -7,9 +7,9 @@ modes, the fw_upload directory (``firmware/<name>`` under the device, and the
 kernel release. ``overrides`` then replace (str/bytes) or delete (None) single files, and
 ``modes`` chmods them.
 
-Tests run as root, and root reads a mode-000 file without trouble; ``fail_reads`` makes
-``tdxupdate.host``'s one low-level read raise an OSError for chosen paths instead (EACCES for an
-unprivileged reader, ENXIO for a lost module).
+Tests run as root, and root reads a mode-000 file without trouble; ``fail_reads`` gives a
+:class:`~factories.sysroot.FaultySysroot` whose reads of chosen paths raise an OSError instead
+(EACCES for an unprivileged reader, ENXIO for a lost module).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from factories.sysroot import FaultySysroot
 from tdxupdate import host
+from tdxupdate.sysroot import ATTR_LIMIT, Sysroot
 from tdxupdate.versions import Version
 
 GENERATIONS = ("G1", "G2", "G3", "G4", "G5")
@@ -274,31 +276,58 @@ def build_host_tree(
     return root
 
 
-def fail_reads(monkeypatch: Any, root: Path, failures: Mapping[str, int]) -> None:
-    """Make ``tdxupdate.host``'s reads of the given in-sysroot paths fail with the given errno.
+def at(root: Path, abspath: str) -> Path:
+    """The resolved path of an in-sysroot path: ``at(root, "/sys/x")`` -> ``root/sys/x``."""
+    return root / abspath.lstrip("/")
+
+
+def host_facts(tmp_path: Path, **kwargs: Any) -> tuple[Path, host.HostFacts]:
+    """Build a tree under ``tmp_path/host`` (``kwargs`` as for :func:`build_host_tree`) and
+    discover it."""
+    root = build_host_tree(tmp_path / "host", **kwargs)
+    return root, host.discover(Sysroot(root))
+
+
+def faulty_reads(root: Path, failures: Mapping[str, int]) -> FaultySysroot:
+    """A Sysroot of ``root`` whose reads of the given in-sysroot paths fail with the errno.
 
     This is the honest way to see EACCES (root reads any plain file) and ENXIO (only a kernel
-    returns it): the one low-level read raises the OSError the kernel would.
+    returns it): the one door to the host raises the OSError the kernel would.
     """
-    real_read = host._read_bytes
-    failing = {os.fspath(root / p.lstrip("/")): e for p, e in failures.items()}
+    sysroot = FaultySysroot(root)
+    for abspath, code in failures.items():
+        sysroot.fail(abspath, code)
+    return sysroot
 
-    def read(path: Path, limit: int = host._ATTR_LIMIT) -> bytes:
+
+def fail_reads(monkeypatch: Any, root: Path, failures: Mapping[str, int]) -> None:
+    """Make every Sysroot's reads of the given in-sysroot paths fail with the given errno.
+
+    For tests that go through the CLI, which builds its own Sysroot from ``--sysroot``; a
+    test that calls :func:`tdxupdate.host.discover` passes :func:`faulty_reads` instead.
+    """
+    failing = {os.fspath(root / p.lstrip("/")): e for p, e in failures.items()}
+    real_read = Sysroot.read
+
+    def read(self: Sysroot, path: Path, limit: int = ATTR_LIMIT) -> bytes:
         code = failing.get(os.fspath(path))
         if code is not None:
             raise OSError(code, os.strerror(code), os.fspath(path))
-        return real_read(path, limit)
+        return real_read(self, path, limit)
 
-    monkeypatch.setattr(host, "_read_bytes", read)
+    monkeypatch.setattr(Sysroot, "read", read)
 
 
 __all__ = [
     "CPU_NAMES",
     "DEFAULT_OSRELEASE",
     "GENERATIONS",
+    "at",
     "build_host_tree",
     "cpuinfo_text",
     "fail_reads",
+    "faulty_reads",
+    "host_facts",
     "host_paths",
     "signature_to_cpu",
 ]
