@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdxupdate import __version__, attestation, keyring, policy, releases, sources
 from tdxupdate import host as _host
@@ -21,6 +21,9 @@ from tdxupdate.catalog import Catalog
 from tdxupdate.errors import InvalidImage, KernelFailure, TdxError
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.sources.mirror import MirrorOptions
 
 _LOG = logging.getLogger(__name__)
 
@@ -241,18 +244,26 @@ def trusted_signers(settings: Settings) -> frozenset[str]:
 
 
 def open_repo(settings: Settings) -> sources.Repository:
-    options: dict[str, object] = {}
+    options = None
     if sources.local_path(settings.repo) is None or (
         settings.mapping is not None and sources.local_path(settings.mapping) is None
     ):
-        options = {
-            "cache_dir": settings.cache_dir,
-            "offline": settings.offline,
-            "ca_bundle": settings.ca_bundle,
-            "allow_insecure_http": settings.allow_insecure_http,
-            "interactive": settings.interactive and not settings.json and settings.verbosity >= 0,
-        }
-    return sources.open_repository(settings.repo, settings.mapping, **options)
+        options = mirror_options(settings)
+    return sources.open_repository(settings.repo, settings.mapping, options)
+
+
+def mirror_options(settings: Settings) -> MirrorOptions:
+    """How a mirror is reached, from the settings (only when ``--repo``/``--mapping`` is a URL:
+    it imports the mirror's modules)."""
+    from tdxupdate.sources.mirror import MirrorOptions
+
+    return MirrorOptions(
+        cache_dir=settings.cache_dir,
+        offline=settings.offline,
+        ca_bundle=settings.ca_bundle,
+        allow_insecure_http=settings.allow_insecure_http,
+        progress=settings.download_progress,
+    )
 
 
 def repository_warnings(report: Report, repo: sources.Repository) -> None:
@@ -453,7 +464,7 @@ def _try_catalog(settings: Settings) -> Catalog | None:
             return None
         if settings.mapping is None:
             path = path / "mapping_file.json"
-        from tdxupdate.catalog import load_catalog
+        from tdxupdate.sources.local import load_catalog
 
         return load_catalog(path)
     except TdxError:
@@ -570,6 +581,7 @@ def run_verify(settings: Settings, report: Report) -> None:
         read: Callable[[], bytes],
         *,
         keep_going: bool = False,
+        admit: Callable[[_image.VerifiedImage], object] | None = None,
     ) -> None:
         code = "image-invalid"
         try:
@@ -584,12 +596,16 @@ def run_verify(settings: Settings, report: Report) -> None:
             code = exc.code
             v = _unread(exc.message)
         else:
-            v = _image.verify(
+            verified = _image.verify_image(
                 data,
+                location=location,
                 trusted_signers=trusted,
                 allow_debug=settings.allow_debug,
                 expected_version=version,
             )
+            v = verified.verification
+            if admit is not None:
+                admit(verified)  # a mirror caches what passed (tdxupdate.sources.mirror)
         if not v.ok:
             failed[len(results)] = code
         results.append(verification_json(location, version, v))
@@ -612,7 +628,13 @@ def run_verify(settings: Settings, report: Report) -> None:
             )
         for version in sorted(refs, reverse=True):
             ref = refs[version]
-            check(ref.location, version, functools.partial(repo.read, ref), keep_going=True)
+            check(
+                ref.location,
+                version,
+                functools.partial(repo.read, ref),
+                keep_going=True,
+                admit=functools.partial(repo.admit, ref),
+            )
     if failed:
         tags = {
             "image-invalid": "",

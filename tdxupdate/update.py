@@ -207,6 +207,8 @@ def _run_locked(settings: Settings, report: actions.Report, progress: ProgressFa
             allow_debug=settings.allow_debug,
             expected_version=selected.version,
         )
+        # A mirror caches the image when its integrity checks passed; nothing is verified twice.
+        inventory.repo.admit(ref, verified)
         verification = verified.verification
         rejudged = policy.evaluate_one(
             selected.version,
