@@ -470,6 +470,50 @@ def test_leftover_temporary_files_are_swept_and_a_misnamed_file_is_never_served(
     assert not (images_dir / wrong).exists()
 
 
+def test_only_the_served_bytes_with_a_sound_verdict_are_admitted(
+    mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning, images: dict[str, bytes]
+) -> None:
+    with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
+        ref = ref_of(repo, NEWEST)
+        data = repo.read(ref)
+        assert store(cache_dir, "images") == []  # read alone keeps nothing
+        other = next(d for v, d in images.items() if v != NEWEST)
+        assert not admit(repo, ref, other)  # a verdict on other bytes: nothing kept
+        assert store(cache_dir, "images") == []
+        assert Cache(cache_dir / "remote").entry(ref.location) is None
+        assert repo.read(ref) == data
+        assert admit(repo, ref, data)
+        assert not admit(repo, ref, data)  # admitted once; nothing new was served
+    assert store(cache_dir, "images") == [sha(data)]
+    assert [r.status for r in mirror.requests(blob(NEWEST))] == [200, 200]
+
+
+def test_a_verdict_without_the_integrity_checks_admits_nothing(
+    mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning
+) -> None:
+    with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
+        ref = ref_of(repo, NEWEST)
+        data = repo.read(ref)
+        verified = _image.verify_image(data, location=ref.location, trusted_signers=())
+        partial = replace(
+            verified,
+            verification=replace(
+                verified.verification,
+                checks=tuple(c for c in verified.verification.checks if c.name != "signature"),
+            ),
+        )
+        assert not repo.admit(ref, partial)
+    assert store(cache_dir, "images") == []
+
+
+def test_the_download_bar_is_never_drawn_with_json_or_quiet() -> None:
+    from tdxupdate.cli import _download_progress
+
+    assert _download_progress(Settings(interactive=True)) is not None
+    assert _download_progress(Settings(interactive=True, json=True)) is None
+    assert _download_progress(Settings(interactive=True, verbosity=-1)) is None
+
+
 def test_an_image_failing_integrity_is_returned_for_the_verdict_but_never_cached(
     mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning
 ) -> None:
