@@ -25,7 +25,7 @@ from factories.images import make_image, mapping_document, trusted_signers
 
 from tdxupdate import lock
 from tdxupdate.errors import TdxError
-from tdxupdate.sources.http import Tuning
+from tdxupdate.sources.http import Tuning, parse_retry_after, trust_store
 from tdxupdate.sources.mirror import MirrorOptions, open_remote
 from tdxupdate.versions import Version
 
@@ -478,3 +478,24 @@ def test_a_passed_run_deadline_fails_the_next_request_without_sending_it(
         f"{mirror.url}mapping_file.json: gave up after 5 s, the time one run may spend on the "
         "network (the mirror sent 0 bytes"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Headers and the trust store
+
+
+def test_parse_retry_after_takes_seconds_and_http_dates() -> None:
+    now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
+    assert trust_store(None, {}) is None
+    assert trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
+    assert trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
+    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
+    assert trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"

@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import sys
-import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
@@ -53,7 +51,7 @@ from tdxupdate.settings import Settings
 from tdxupdate.sources import ImageRef
 from tdxupdate.sources import http as _http
 from tdxupdate.sources.cache import Cache
-from tdxupdate.sources.http import Tuning, parse_retry_after
+from tdxupdate.sources.http import Tuning
 from tdxupdate.sources.mirror import MirrorOptions, RemoteRepository, open_remote
 from tdxupdate.versions import Version
 
@@ -449,27 +447,6 @@ def test_an_interrupted_download_leaves_no_partial_file(
     assert Cache(cache_dir / "remote").entry(ref.location) is None
 
 
-def test_leftover_temporary_files_are_swept_and_a_misnamed_file_is_never_served(
-    tmp_path: Path,
-) -> None:
-    cache = Cache(tmp_path)
-    images_dir = tmp_path / "images" / "sha256"
-    old = images_dir / ".tmp-killed"
-    old.write_bytes(b"partial")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    fresh = images_dir / ".tmp-live"
-    fresh.write_bytes(b"in progress")
-    digest = cache.store("images", b"good bytes")
-    wrong = "0" * 64
-    (images_dir / wrong).write_bytes(b"good bytes")  # content that does not match its name
-
-    Cache(tmp_path)
-    assert not old.exists() and fresh.exists()
-    assert cache.load("images", digest) == b"good bytes"
-    assert cache.load("images", wrong) is None
-    assert not (images_dir / wrong).exists()
-
-
 def test_only_the_served_bytes_with_a_sound_verdict_are_admitted(
     mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning, images: dict[str, bytes]
 ) -> None:
@@ -783,15 +760,6 @@ def test_a_retry_after_beyond_the_limit_is_reported_not_waited_for(
         "retry after 3600 s"
     )
     assert sleeps == []
-
-
-def test_parse_retry_after_takes_seconds_and_http_dates() -> None:
-    now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
-    assert parse_retry_after("120", now) == 120.0
-    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
-    assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
 
 
 def test_a_dropped_connection_is_retried(
@@ -1420,14 +1388,6 @@ def test_a_malformed_url_is_a_usage_error(cache_dir: Path, tuning: Tuning, url: 
         open_mirror(url, None, cache_dir, tuning)
     assert caught.value.exit_code == 64
     assert caught.value.message.startswith(f"--repo {url}: malformed URL (")
-
-
-def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
-    assert _http.trust_store(None, {}) is None
-    assert _http.trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
-    assert _http.trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
-    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
-    assert _http.trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
 
 
 # --------------------------------------------------------------------------------------------
