@@ -17,6 +17,9 @@ Implements cli-contract.md §6 ("Mapping file rules") and the field table of ref
 
 Where Intel's two published files disagree (1.5.05's ``tdx_feature0``) the newer file is right;
 nothing here prefers one file over another, the caller simply reads the current one.
+
+Bytes in, a catalog out: no I/O here. The file is read from disk by
+:func:`tdxupdate.sources.local.load_catalog` and fetched by :mod:`tdxupdate.sources.mirror`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
-import stat
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from tdxupdate import verdicts
-from tdxupdate.errors import DataError, NotFound, from_oserror
+from tdxupdate.errors import DataError
 from tdxupdate.versions import Version
 
 #: Largest mapping file read, locally and from a mirror. Intel's largest is 5,539 bytes for 20
@@ -280,7 +280,8 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _too_large(source: str) -> DataError:
+def too_large(source: str) -> DataError:
+    """A mapping file (or body) over :data:`MAX_MAPPING_SIZE`."""
     return DataError(
         f"{source}: larger than {MAX_MAPPING_SIZE // (1024 * 1024)} MiB, not a mapping file"
     )
@@ -289,11 +290,11 @@ def _too_large(source: str) -> DataError:
 def _decode(data: bytes | bytearray | memoryview | str, source: str) -> str:
     if isinstance(data, str):
         if len(data) > MAX_MAPPING_SIZE:
-            raise _too_large(source)
+            raise too_large(source)
         return data.removeprefix("\ufeff")
     raw = bytes(data)
     if len(raw) > MAX_MAPPING_SIZE:
-        raise _too_large(source)
+        raise too_large(source)
     # Windows editors add a BOM; RFC 8259 §8.1 lets a parser ignore it.
     skipped = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
@@ -600,37 +601,3 @@ def _parse_checked(data: bytes | bytearray | memoryview | str, source: str) -> C
     if semantic:
         _raise(source, semantic)
     return _catalog_of(doc, source)
-
-
-def load_catalog(path: Path | str) -> Catalog:
-    """Read and validate the mapping file at ``path``.
-
-    A missing file or a directory is ``mapping-not-found`` (66); permission problems are
-    ``permission-denied`` (77); other read errors ``io-error`` (74). Pipes work
-    (``--mapping <(curl ...)``); anything longer than :data:`MAX_MAPPING_SIZE` is refused.
-    """
-    source = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"{source}: no such file", code="mapping-not-found") from None
-    except OSError as exc:
-        raise from_oserror(exc, source) from None
-    chunks: list[bytes] = []
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise NotFound(
-                f"{source}: is a directory, not a mapping file", code="mapping-not-found"
-            )
-        total = 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > MAX_MAPPING_SIZE:  # read, not st_size: devices and pipes have none
-                raise _too_large(source)
-    except OSError as exc:
-        raise from_oserror(exc, source) from None
-    finally:
-        os.close(fd)
-    return parse_catalog(b"".join(chunks), source)

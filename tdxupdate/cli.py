@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -31,6 +31,9 @@ from tdxupdate.settings import (
     Settings,
 )
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.sources.http import DownloadProgress
 
 ACTIONS = ("status", "list", "update", "verify", "history", "reference_values")
 _LATEST = "\0latest"
@@ -371,7 +374,7 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
     if opts["allow_reinstall"] and (action != "update" or version is None):
         raise UsageError("--allow-reinstall goes with --update VERSION only")
     cpu = _cpu_arg(opts["cpu_signature"]) if opts["cpu_signature"] is not None else None
-    return Settings(
+    settings = Settings(
         action=action,
         version=version,
         verify_path=verify_path,
@@ -404,6 +407,7 @@ def settings_from_options(opts: dict[str, Any]) -> Settings:
         allowlist=opts.get("allowlist"),
         tcb_info=opts.get("tcb_info"),
     )
+    return replace(settings, download_progress=_download_progress(settings))
 
 
 def load_operator_files(settings: Settings) -> Settings:
@@ -439,6 +443,50 @@ def _progress_bar(settings: Settings, label: str) -> Iterator[Callable[[int], An
             yield tick
 
     yield factory
+
+
+def _download_progress(settings: Settings) -> DownloadProgress | None:
+    """Bars for image downloads from a mirror: on a terminal only, never on a pipe, with --json
+    or with -q (like the upload's bar, :func:`_progress_bar`)."""
+    if settings.json or not settings.interactive or settings.verbosity < 0:
+        return None
+    return _download_bar
+
+
+@contextlib.contextmanager
+def _download_bar(name: str) -> Iterator[_DownloadBar]:
+    """One image download's bar, labelled with its file name; closed however it ends."""
+    bar = _DownloadBar(f"downloading {name}")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _DownloadBar:
+    """A download progress bar on stderr, drawn once the size is announced."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total is None or total <= 0:
+            return
+        if self._bar is not None and done < self._done:  # a retry starts again
+            self.close()
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        self._bar = None
+        self._done = 0
 
 
 def _stdout_gone() -> None:

@@ -1,8 +1,8 @@
 """TDX module images: Formats A (0x100) and B (0x200), the sigstruct, verification, conversion.
 
 Implements image-formats.md §1–§4 (and kernel-abi.md §4, the kernel's view of the same
-containers). Everything here works on bytes and does no I/O, except the two readers at the end
-(:func:`read_head`, :func:`read_image`) that bound how much of a file is ever read.
+containers). Everything here works on bytes and does no I/O: image files are read (with a
+bound on how much of a file is ever read) by :mod:`tdxupdate.sources.local`.
 
 Layout of the work:
 
@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import stat
 import struct
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from tdxupdate import verdicts
-from tdxupdate.errors import InvalidImage, NotFound, from_oserror
+from tdxupdate.errors import InvalidImage
 from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
 from tdxupdate.versions import Version
 
@@ -980,72 +977,6 @@ def make_sigstruct(
     return bytes(raw)
 
 
-# ---------------------------------------------------------------------------------------------
-# The only I/O: bounded reads
-
-
-def _open_error(exc: OSError, path: Path) -> Exception:
-    if isinstance(exc, FileNotFoundError):
-        return NotFound(f"{path}: no such image", code="image-not-found")
-    return from_oserror(exc, str(path))
-
-
-def read_head(path: Path | str) -> tuple[bytes, int]:
-    """The first ``HEAD_SIZE`` bytes of an image file and its size, for :func:`inspect`.
-
-    Plain descriptor calls, no file object: a listing reads thousands of heads."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _open_error(exc, Path(path)) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidImage(f"{path}: not a regular file")
-        chunks = [os.read(fd, HEAD_SIZE)]
-        got = len(chunks[0])
-        while 0 < got < HEAD_SIZE and (more := os.read(fd, HEAD_SIZE - got)):
-            chunks.append(more)
-            got += len(more)
-    except OSError as exc:
-        raise _open_error(exc, Path(path)) from exc
-    finally:
-        os.close(fd)
-    return b"".join(chunks) if len(chunks) > 1 else chunks[0], st.st_size
-
-
-def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:
-    """A whole image file; refuses a file larger than ``max_size`` before reading it."""
-    try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_size:
-                raise InvalidImage(
-                    f"{path}: {size} bytes, larger than the largest image ({max_size} bytes)"
-                )
-            # Read one byte more than allowed: a file that grows (or a device that reports
-            # size 0) is still caught without reading it all.
-            data = f.read(max_size + 1)
-    except OSError as exc:
-        raise _open_error(exc, path) from exc
-    if len(data) > max_size:
-        raise InvalidImage(f"{path}: larger than the largest image ({max_size} bytes)")
-    return data
-
-
-def _open_regular(path: Path) -> BinaryIO:
-    """Open for reading, refusing anything but a regular file (O_NONBLOCK: a FIFO must not
-    block the open; it has no effect on regular files)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidImage(f"{path}: not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 __all__ = [
     "CHECK_NAMES",
     "DEBUG_BIT",
@@ -1078,8 +1009,6 @@ __all__ = [
     "header_checks",
     "inspect",
     "make_sigstruct",
-    "read_head",
-    "read_image",
     "signed_message",
     "verify",
     "verify_image",

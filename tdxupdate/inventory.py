@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tdxupdate import attestation, keyring, policy, releases, sources
 from tdxupdate import host as _host
@@ -20,6 +21,9 @@ from tdxupdate.errors import InvalidImage, TdxError
 from tdxupdate.report import CandidateDoc, HostDoc, Report, fmt_hex
 from tdxupdate.settings import Settings
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.sources.mirror import MirrorOptions
 
 _LOG = logging.getLogger(__name__)
 
@@ -193,16 +197,23 @@ def is_local(settings: Settings) -> bool:
 
 def open_repo(settings: Settings) -> sources.Repository:
     """The one call that opens the repository."""
-    options: dict[str, object] = {}
-    if not is_local(settings):
-        options = {
-            "cache_dir": settings.cache_dir,
-            "offline": settings.offline,
-            "ca_bundle": settings.ca_bundle,
-            "allow_insecure_http": settings.allow_insecure_http,
-            "interactive": settings.interactive and not settings.json and settings.verbosity >= 0,
-        }
-    return sources.open_repository(settings.repo, settings.mapping, **options)
+    return sources.open_repository(
+        settings.repo, settings.mapping, None if is_local(settings) else mirror_options(settings)
+    )
+
+
+def mirror_options(settings: Settings) -> MirrorOptions:
+    """How a mirror is reached, from the settings (only when ``--repo``/``--mapping`` is a URL:
+    it imports the mirror's modules)."""
+    from tdxupdate.sources.mirror import MirrorOptions
+
+    return MirrorOptions(
+        cache_dir=settings.cache_dir,
+        offline=settings.offline,
+        ca_bundle=settings.ca_bundle,
+        allow_insecure_http=settings.allow_insecure_http,
+        progress=settings.download_progress,
+    )
 
 
 def read_image_file(path: Path) -> bytes:

@@ -77,7 +77,7 @@ def _try_catalog(settings: Settings) -> Catalog | None:
             return None
         if settings.mapping is None:
             path = path / "mapping_file.json"
-        from tdxupdate.catalog import load_catalog
+        from tdxupdate.sources.local import load_catalog
 
         return load_catalog(path)
     except TdxError:
@@ -168,6 +168,7 @@ def run_verify(settings: Settings, report: Report) -> None:
         read: Callable[[], bytes],
         *,
         keep_going: bool = False,
+        admit: Callable[[_image.VerifiedImage], object] | None = None,
     ) -> None:
         code = "image-invalid"
         try:
@@ -182,12 +183,16 @@ def run_verify(settings: Settings, report: Report) -> None:
             code = exc.code
             v = _unread(exc.message)
         else:
-            v = _image.verify(
+            verified = _image.verify_image(
                 data,
+                location=location,
                 trusted_signers=trusted,
                 allow_debug=settings.allow_debug,
                 expected_version=version,
             )
+            v = verified.verification
+            if admit is not None:
+                admit(verified)  # a mirror caches what passed (tdxupdate.sources.mirror)
         if not v.ok:
             failed[len(results)] = code
         results.append(verification_doc(location, version, v))
@@ -208,7 +213,13 @@ def run_verify(settings: Settings, report: Report) -> None:
             )
         for version in sorted(refs, reverse=True):
             ref = refs[version]
-            check(ref.location, version, functools.partial(repo.read, ref), keep_going=True)
+            check(
+                ref.location,
+                version,
+                functools.partial(repo.read, ref),
+                keep_going=True,
+                admit=functools.partial(repo.admit, ref),
+            )
     if failed:
         tags = {
             "image-invalid": "",

@@ -11,6 +11,7 @@ from tdxupdate.versions import Version
 
 if TYPE_CHECKING:
     from tdxupdate.attestation import Allowlist, TcbInfo
+    from tdxupdate.sources.http import DownloadProgress
 
 DEFAULT_REPO = "/usr/share/tdx-module-binaries"
 DEFAULT_STATE_DIR = Path("/var/lib/tdxupdate")
@@ -67,6 +68,9 @@ class Settings:
     verbosity: int = 0
     #: a terminal is watching (progress bars allowed)
     interactive: bool = False
+    #: where image downloads from a mirror tell their progress (the command line's bar on a
+    #: terminal); None: nowhere
+    download_progress: DownloadProgress | None = field(default=None, compare=False, repr=False)
     #: ``--allowlist FILE`` / ``--tcb-info FILE`` and their parsed contents (read once, before
     #: the action starts, so a malformed file stops the run before anything is written)
     allowlist: Path | None = None

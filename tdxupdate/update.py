@@ -110,6 +110,8 @@ def _plan(settings: Settings, report: Report) -> UpdatePlan | None:
             allow_debug=settings.allow_debug,
             expected_version=selected.version,
         )
+        # A mirror caches the image when its integrity checks passed; nothing is verified twice.
+        inventory.repo.admit(ref, verified)
         verification = verified.verification
         rejudged = policy.evaluate_one(
             selected.version,

@@ -159,7 +159,7 @@ def _read_entries(cache_dir: Path) -> list[bytes]:
 
 
 def _write_entries(cache_dir: Path, keys: list[bytes]) -> None:
-    from tdxupdate.cache import atomic_write
+    from tdxupdate.sources.cache import atomic_write
 
     directory = _open_dir(cache_dir, create=True)
     assert directory is not None  # created

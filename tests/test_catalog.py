@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +18,11 @@ from tdxupdate.catalog import (
     MAX_MAPPING_SIZE,
     Catalog,
     Release,
-    load_catalog,
     parse_catalog,
 )
-from tdxupdate.errors import DataError, TdxError
+from tdxupdate.errors import DataError
 from tdxupdate.schemas import load_schema
+from tdxupdate.sources.local import load_catalog
 from tdxupdate.versions import Version
 
 SAMPLES = Path(__file__).resolve().parent.parent / "mapping_samples"
@@ -514,78 +512,6 @@ def test_oversized_input_is_refused_before_parsing() -> None:
     data = b" " * (MAX_MAPPING_SIZE + 1)
     assert str(error_of(data)) == "m.json: larger than 1 MiB, not a mapping file"
     assert str(error_of(data.decode())) == "m.json: larger than 1 MiB, not a mapping file"
-
-
-# --- load_catalog: the file system -----------------------------------------------------------
-
-
-def test_missing_file_is_mapping_not_found(tmp_path: Path) -> None:
-    with pytest.raises(TdxError) as info:
-        load_catalog(tmp_path / "mapping_file.json")
-    assert (info.value.code, info.value.exit_code) == ("mapping-not-found", 66)
-    assert str(info.value) == f"{tmp_path / 'mapping_file.json'}: no such file"
-
-
-def test_parent_that_is_a_file_is_mapping_not_found(tmp_path: Path) -> None:
-    (tmp_path / "repo").write_text("")
-    with pytest.raises(TdxError) as info:
-        load_catalog(tmp_path / "repo" / "mapping_file.json")
-    assert info.value.code == "mapping-not-found"
-
-
-def test_directory_is_mapping_not_found(tmp_path: Path) -> None:
-    with pytest.raises(TdxError) as info:
-        load_catalog(tmp_path)
-    assert (info.value.code, info.value.exit_code) == ("mapping-not-found", 66)
-    assert str(info.value) == f"{tmp_path}: is a directory, not a mapping file"
-
-
-def test_permission_denied_exits_77(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The suite runs as root, which chmod cannot lock out; raise what the kernel would.
-    target = tmp_path / "mapping_file.json"
-    target.write_text(doc())
-
-    def denied(path: Any, flags: int, mode: int = 0o777) -> int:
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-    monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(TdxError) as info:
-        load_catalog(target)
-    assert (info.value.code, info.value.exit_code) == ("permission-denied", 77)
-    assert str(info.value).startswith(f"{target}: permission denied")
-
-
-def test_read_error_is_io_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "mapping_file.json"
-    target.write_text(doc())
-
-    def broken(fd: int, n: int) -> bytes:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "read", broken)
-    with pytest.raises(TdxError) as info:
-        load_catalog(target)
-    assert (info.value.code, info.value.exit_code) == ("io-error", 74)
-    assert str(info.value) == f"{target}: Input/output error"
-
-
-def test_endless_device_is_cut_at_the_size_cap() -> None:
-    with pytest.raises(DataError) as info:
-        load_catalog(Path("/dev/zero"))
-    assert str(info.value) == "/dev/zero: larger than 1 MiB, not a mapping file"
-
-
-def test_pipe_is_read_like_a_file() -> None:
-    # `--mapping <(curl ...)` hands over a pipe with no size.
-    data = (SAMPLES / "mapping_file.json").read_bytes()
-    r, w = os.pipe()
-    try:
-        os.write(w, data)
-        os.close(w)
-        cat = load_catalog(f"/proc/self/fd/{r}")
-    finally:
-        os.close(r)
-    assert len(cat.releases) == 20
 
 
 # --- properties ------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 import re
 import struct
 from pathlib import Path
@@ -25,7 +24,7 @@ from factories.images import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tdxupdate.errors import InvalidImage, NotFound
+from tdxupdate.errors import InvalidImage
 from tdxupdate.image import (
     CHECK_NAMES,
     FORMAT_A,
@@ -48,8 +47,6 @@ from tdxupdate.image import (
     header_checks,
     inspect,
     make_sigstruct,
-    read_head,
-    read_image,
     signed_message,
     verify,
     verify_signature,
@@ -844,49 +841,3 @@ def test_published_sigstruct_facts_pass_every_check() -> None:
         # 2.0.x blobs carry their version at offset 1000, 1.5.x blobs carry zeros.
         assert sig.version == (version if version.major == 2 else None)
         assert not sig.is_debug
-
-
-# --------------------------------------------------------------------------------------------
-# The only I/O: bounded reads
-
-
-def test_read_head_returns_the_head_and_the_size(tmp_path: Path) -> None:
-    image = make_image(module_pages=4)
-    path = tmp_path / "tdx_module_1.5.06.blob"
-    path.write_bytes(image)
-    head, size = read_head(path)
-    assert (head, size) == (image[:HEAD_SIZE], len(image))
-    assert inspect(head, size) == verify(image, trusted_signers=()).info
-    assert read_image(path) == image
-
-
-def test_read_image_refuses_an_oversized_file_before_reading_it(tmp_path: Path) -> None:
-    path = tmp_path / "huge.blob"
-    with path.open("wb") as f:
-        f.truncate(MAX_IMAGE_SIZE + 1)  # sparse: nothing to read
-    with pytest.raises(InvalidImage) as exc:
-        read_image(path)
-    assert str(exc.value) == (
-        f"{path}: {MAX_IMAGE_SIZE + 1} bytes, larger than the largest image "
-        f"({MAX_IMAGE_SIZE} bytes)"
-    )
-    with pytest.raises(InvalidImage):
-        read_image(tmp_path / "huge.blob", max_size=100)
-
-
-def test_read_of_a_missing_image_is_image_not_found(tmp_path: Path) -> None:
-    path = tmp_path / "missing.blob"
-    for reader in (read_head, read_image):
-        with pytest.raises(NotFound) as exc:
-            reader(path)
-        assert exc.value.code == "image-not-found"
-        assert str(exc.value) == f"{path}: no such image"
-
-
-def test_read_of_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
-    path = tmp_path / "fifo.blob"
-    os.mkfifo(path)
-    for reader in (read_head, read_image):
-        with pytest.raises(InvalidImage) as exc:
-            reader(path)
-        assert str(exc.value) == f"{path}: not a regular file"

@@ -22,18 +22,20 @@ from factories.httpserver import MirrorServer, ca_bundle
 from factories.images import make_image, mapping_document
 from fuzz.shapes import WORST_CASES, worst_case
 
-from tdxupdate import catalog, remote
+from tdxupdate import catalog
 from tdxupdate.catalog import (
     MAX_CONTAINERS,
     MAX_MAPPING_SIZE,
     MAX_STRING,
     MAX_VALUES,
-    load_catalog,
     parse_catalog,
 )
 from tdxupdate.cli import main
 from tdxupdate.errors import DataError, TdxError
-from tdxupdate.remote import Tuning, open_remote
+from tdxupdate.sources import mirror as _mirror
+from tdxupdate.sources.http import Tuning
+from tdxupdate.sources.local import load_catalog
+from tdxupdate.sources.mirror import MirrorOptions, open_remote
 
 SAMPLES = Path(__file__).resolve().parent.parent / "mapping_samples"
 REAL = (SAMPLES / "mapping_file.json").read_bytes()
@@ -90,7 +92,7 @@ def test_a_mirror_is_held_to_the_same_cap(tmp_path: Path, monkeypatch: pytest.Mo
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
-    assert remote._catalog.MAX_MAPPING_SIZE == MAX_MAPPING_SIZE
+    assert _mirror._catalog.MAX_MAPPING_SIZE == MAX_MAPPING_SIZE
     ca = trustme.CA()
     with MirrorServer(tls=ca) as mirror:
         mirror.put_repo({"1.5.06": make_image("1.5.06", module_pages=2)})
@@ -99,12 +101,11 @@ def test_a_mirror_is_held_to_the_same_cap(tmp_path: Path, monkeypatch: pytest.Mo
         repo = open_remote(
             mirror.url,
             None,
-            cache_dir=tmp_path / "cache",
-            offline=False,
-            ca_bundle=ca_bundle(ca, tmp_path),
-            allow_insecure_http=False,
-            interactive=False,
-            tuning=Tuning(connect_timeout=5, read_timeout=5, retries=0, sleep=lambda s: None),
+            MirrorOptions(
+                cache_dir=tmp_path / "cache",
+                ca_bundle=ca_bundle(ca, tmp_path),
+                tuning=Tuning(connect_timeout=5, read_timeout=5, retries=0, sleep=lambda s: None),
+            ),
         )
         with repo, pytest.raises(TdxError) as info:
             repo.catalog()

@@ -21,10 +21,10 @@ from factories.hosts import build_host_tree
 from factories.images import mapping_document, trusted_signers
 
 from tdxupdate import history, lock, metrics
-from tdxupdate.cache import Cache, Entry
 from tdxupdate.cli import main
 from tdxupdate.errors import PermissionDenied
 from tdxupdate.schemas import load_schema
+from tdxupdate.sources.cache import Cache, Entry
 
 OTHER_UID = 12345
 MIRROR = "https://mirror.invalid/"

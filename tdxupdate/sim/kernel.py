@@ -720,7 +720,7 @@ def load_releases(mapping: Any) -> dict[Version, ReleaseFacts] | None:
     """Release facts from a mapping file (TdxError mapping-not-found/-invalid), or None."""
     if mapping is None:
         return None
-    from tdxupdate.catalog import load_catalog
+    from tdxupdate.sources.local import load_catalog
 
     catalog = load_catalog(mapping)
     return {

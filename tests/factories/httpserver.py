@@ -1,4 +1,4 @@
-"""A threaded HTTP/HTTPS module mirror on 127.0.0.1 for the remote-repository tests (issue 5).
+"""A threaded HTTP/HTTPS module mirror on 127.0.0.1 for the mirror tests (issue 5).
 
     ca = trustme.CA()
     with MirrorServer(tls=ca) as mirror:            # port 0: the kernel picks a free port
@@ -634,3 +634,15 @@ def ca_bundle(ca: trustme.CA, directory: Path) -> Path:
     path = directory / "internal-ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+def with_tuning(monkeypatch: Any, tuning: Any) -> None:
+    """Runs that go through the command line or ``run_action`` reach the mirror with
+    ``tuning`` (a :class:`tdxupdate.sources.http.Tuning`): the options the lead's actions build
+    (:func:`tdxupdate.inventory.mirror_options`) carry it, nothing else changes."""
+    from dataclasses import replace
+
+    from tdxupdate import inventory
+
+    real = inventory.mirror_options
+    monkeypatch.setattr(inventory, "mirror_options", lambda s: replace(real(s), tuning=tuning))

@@ -160,11 +160,13 @@ def tdx_report_markdown(report):
         lines.append("SEAMSVN unknown on: " + ", ".join(report["svn_unknown"]))
     if report.get("not_in_mapping"):
         lines.append(
-            "Running a version the mapping file does not list: " + ", ".join(report["not_in_mapping"])
+            "Running a version the mapping file does not list: "
+            + ", ".join(report["not_in_mapping"])
         )
     if report.get("no_svn_gain"):
         lines.append(
-            "Update raises no SEAMSVN (TDs attest no newer TCB) on: " + ", ".join(report["no_svn_gain"])
+            "Update raises no SEAMSVN (TDs attest no newer TCB) on: "
+            + ", ".join(report["no_svn_gain"])
         )
     lines.append("Module lost on: " + (", ".join(report["module_lost"]) or "none"))
     return "\n".join(lines) + "\n"

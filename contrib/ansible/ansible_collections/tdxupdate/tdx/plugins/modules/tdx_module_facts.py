@@ -66,8 +66,9 @@ ansible_facts:
     tdxupdate:
       description:
         - module_version, seamldr_version, seamsvn, mrseam, mrseam_prefix, module_identity,
-          identity_source (where SEAMSVN and MRSEAM come from, C(published), Intel's release table,
-          or C(repository), the image in the repository), in_mapping (the running version is in the mapping file),
+          identity_source (where SEAMSVN and MRSEAM come from, C(published), Intel's release
+          table, or C(repository), the image in the repository), in_mapping (the running
+          version is in the mapping file),
           num_remaining_updates, module_lost, failed_checks, warnings, last_result,
           last_attempt, plan (target version, seamsvn, mrseam, svn_gain, tcb_status,
           would_change, warnings, error).

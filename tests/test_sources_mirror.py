@@ -1,4 +1,5 @@
-"""Remote module repositories (tdxupdate.remote, tdxupdate.cache) against real servers (issue 5).
+"""Remote module repositories (tdxupdate.sources.mirror, .http, .cache) against real servers
+(issue 5).
 
 Every test starts its own HTTP or HTTPS server on 127.0.0.1 (``factories.httpserver``; the
 certificate comes from a CA made on the fly with trustme) serving synthetic images in both
@@ -15,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import subprocess
 import sys
-import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
@@ -40,18 +39,20 @@ from factories.httpserver import (
     Stall,
     Status,
     ca_bundle,
+    with_tuning,
 )
 from factories.images import make_image, mapping_document, trusted_signers, write_repo
 
 from tdxupdate import image as _image
-from tdxupdate import remote
-from tdxupdate.cache import Cache
 from tdxupdate.catalog import Catalog
 from tdxupdate.errors import DataError, IOFailure, NotFound, TdxError, UsageError
 from tdxupdate.image import FORMAT_A, FORMAT_B, HEAD_SIZE, MAX_IMAGE_SIZE
-from tdxupdate.remote import RemoteRepository, Tuning, open_remote, parse_retry_after
 from tdxupdate.settings import Settings
 from tdxupdate.sources import ImageRef
+from tdxupdate.sources import http as _http
+from tdxupdate.sources.cache import Cache
+from tdxupdate.sources.http import Tuning
+from tdxupdate.sources.mirror import MirrorOptions, RemoteRepository, open_remote
 from tdxupdate.versions import Version
 
 if TYPE_CHECKING:
@@ -132,16 +133,23 @@ def open_mirror(
     **options: object,
 ) -> RemoteRepository:
     url = mirror if isinstance(mirror, str) else mirror.url
-    kwargs: dict[str, object] = {
-        "cache_dir": cache_dir,
-        "offline": False,
-        "ca_bundle": bundle,
-        "allow_insecure_http": False,
-        "interactive": False,
-        "tuning": tuning,
-    }
-    kwargs.update(options)
-    return open_remote(url, None, **kwargs)  # type: ignore[arg-type]
+    base = MirrorOptions(cache_dir=cache_dir, ca_bundle=bundle, tuning=tuning)
+    return open_remote(url, None, replace(base, **options))  # type: ignore[arg-type]
+
+
+def fetch(repo: RemoteRepository, ref: ImageRef) -> bytes:
+    """What ``--update`` and ``--verify`` do: read the image, verify it, hand the verdict back
+    (the mirror caches it when its integrity checks passed)."""
+    data = repo.read(ref)
+    admit(repo, ref, data)
+    return data
+
+
+def admit(repo: RemoteRepository, ref: ImageRef, data: bytes) -> bool:
+    verified = _image.verify_image(
+        data, location=ref.location, trusted_signers=(), allow_debug=True
+    )
+    return repo.admit(ref, verified)
 
 
 _CATALOGS: weakref.WeakKeyDictionary[RemoteRepository, Catalog] = weakref.WeakKeyDictionary()
@@ -232,7 +240,7 @@ def test_read_downloads_the_selected_image_once_into_the_content_addressed_store
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         listing(repo)
         mirror.reset_log()
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
     assert data == images[NEWEST]
     assert _image.verify(data, trusted_signers=trusted_signers()).ok
     full = [r for r in mirror.log if r.path == blob(NEWEST)]
@@ -251,12 +259,12 @@ def test_second_run_on_an_unchanged_mirror_moves_no_bytes_only_revalidation(
 ) -> None:
     with open_mirror(mirror, bundle, cache_dir, tuning) as first:
         listing(first)
-        first.read(ref_of(first, NEWEST))
+        fetch(first, ref_of(first, NEWEST))
     mirror.reset_log()
 
     with open_mirror(mirror, bundle, cache_dir, tuning) as second:
         heads = listing(second)
-        data = second.read(ref_of(second, NEWEST))
+        data = fetch(second, ref_of(second, NEWEST))
 
     assert data == images[NEWEST]
     assert {str(v): h for v, h in heads.items()} == {
@@ -294,9 +302,13 @@ def test_a_server_ignoring_range_sends_whole_images_once_and_they_are_kept(
         }
         assert [r.status for r in mirror.requests(suffix=".blob")] == [200] * len(FORMATS)
         mirror.reset_log()
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
+        # The caller's verdicts on the other whole images that came with the listing.
+        for version, whole in images.items():
+            if version != NEWEST:
+                assert admit(repo, ref_of(repo, version), whole)
     assert data == images[NEWEST]
-    # The whole image came with the listing, was verified and cached: reading it is a 304.
+    # The whole image came with the listing, was kept and, verified, cached: reading it is a 304.
     assert [(r.status, r.body_bytes) for r in mirror.requests(blob(NEWEST))] == [(304, 0)]
     assert sorted(store(cache_dir, "images")) == sorted(sha(d) for d in images.values())
 
@@ -306,13 +318,13 @@ def test_an_image_replaced_on_the_mirror_is_fetched_again(
 ) -> None:
     with open_mirror(mirror, bundle, cache_dir, tuning) as first:
         listing(first)
-        first.read(ref_of(first, NEWEST))
+        fetch(first, ref_of(first, NEWEST))
     rebuilt = make_image(NEWEST, fmt=FORMAT_B, module_pages=7)  # the mirror switched format
     mirror.put(blob(NEWEST), rebuilt)
     mirror.reset_log()
     with open_mirror(mirror, bundle, cache_dir, tuning) as second:
         head, size = listing(second)[Version.parse(NEWEST)]
-        data = second.read(ref_of(second, NEWEST))
+        data = fetch(second, ref_of(second, NEWEST))
     assert (head, size) == (rebuilt[:HEAD_SIZE], len(rebuilt))
     assert data == rebuilt
     assert [r.status for r in mirror.requests(blob(NEWEST))] == [206, 200]
@@ -341,14 +353,14 @@ def test_a_corrupt_cached_image_is_detected_and_fetched_again(
     mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning, images: dict[str, bytes]
 ) -> None:
     with open_mirror(mirror, bundle, cache_dir, tuning) as first:
-        first.read(ref_of(first, NEWEST))
+        fetch(first, ref_of(first, NEWEST))
     path = cache_dir / "remote" / "images" / "sha256" / sha(images[NEWEST])
     rotten = bytearray(path.read_bytes())
     rotten[-1] ^= 0x01
     path.write_bytes(rotten)
     mirror.reset_log()
     with open_mirror(mirror, bundle, cache_dir, tuning) as second:
-        data = second.read(ref_of(second, NEWEST))
+        data = fetch(second, ref_of(second, NEWEST))
     assert data == images[NEWEST]
     (request,) = mirror.requests(blob(NEWEST))
     # not a conditional request: the cached copy was unusable, so a 304 would not help
@@ -392,7 +404,7 @@ def test_a_truncated_download_leaves_nothing_in_the_cache(
         ref = ref_of(repo, NEWEST)
         mirror.inject(blob(NEWEST), *[Short(5000)] * 4)
         with pytest.raises(IOFailure) as caught:
-            repo.read(ref)
+            fetch(repo, ref)
     assert caught.value.code == "network-error" and caught.value.exit_code == 74
     assert caught.value.message == (
         f"{ref.location}: body truncated: received 5000 of {IMAGE_SIZE} bytes (after 4 attempts)"
@@ -407,7 +419,7 @@ def test_a_short_body_once_is_retried_and_the_image_arrives_whole(
 ) -> None:
     mirror.inject(blob(NEWEST), Short(5000))
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
     assert data == images[NEWEST]
     assert [r.body_bytes for r in mirror.requests(blob(NEWEST))] == [5000, IMAGE_SIZE]
     assert store(cache_dir, "images") == [sha(data)]
@@ -418,40 +430,65 @@ def test_an_interrupted_download_leaves_no_partial_file(
     bundle: Path,
     cache_dir: Path,
     tuning: Tuning,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def interrupt(self: object, done: int, total: int | None) -> None:
+    def interrupt(done: int, total: int | None) -> None:
         if done > 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(remote._Bar, "__call__", interrupt)
-    with open_mirror(mirror, bundle, cache_dir, tuning, interactive=True) as repo:
+    @contextlib.contextmanager
+    def progress(name: str) -> Iterator[_http.Progress]:
+        yield interrupt
+
+    with open_mirror(mirror, bundle, cache_dir, tuning, progress=progress) as repo:
         ref = ref_of(repo, NEWEST)
         with pytest.raises(KeyboardInterrupt):
-            repo.read(ref)
+            fetch(repo, ref)
     assert store(cache_dir, "images") == []
     assert Cache(cache_dir / "remote").entry(ref.location) is None
 
 
-def test_leftover_temporary_files_are_swept_and_a_misnamed_file_is_never_served(
-    tmp_path: Path,
+def test_only_the_served_bytes_with_a_sound_verdict_are_admitted(
+    mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning, images: dict[str, bytes]
 ) -> None:
-    cache = Cache(tmp_path)
-    images_dir = tmp_path / "images" / "sha256"
-    old = images_dir / ".tmp-killed"
-    old.write_bytes(b"partial")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    fresh = images_dir / ".tmp-live"
-    fresh.write_bytes(b"in progress")
-    digest = cache.store("images", b"good bytes")
-    wrong = "0" * 64
-    (images_dir / wrong).write_bytes(b"good bytes")  # content that does not match its name
+    with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
+        ref = ref_of(repo, NEWEST)
+        data = repo.read(ref)
+        assert store(cache_dir, "images") == []  # read alone keeps nothing
+        other = next(d for v, d in images.items() if v != NEWEST)
+        assert not admit(repo, ref, other)  # a verdict on other bytes: nothing kept
+        assert store(cache_dir, "images") == []
+        assert Cache(cache_dir / "remote").entry(ref.location) is None
+        assert repo.read(ref) == data
+        assert admit(repo, ref, data)
+        assert not admit(repo, ref, data)  # admitted once; nothing new was served
+    assert store(cache_dir, "images") == [sha(data)]
+    assert [r.status for r in mirror.requests(blob(NEWEST))] == [200, 200]
 
-    Cache(tmp_path)
-    assert not old.exists() and fresh.exists()
-    assert cache.load("images", digest) == b"good bytes"
-    assert cache.load("images", wrong) is None
-    assert not (images_dir / wrong).exists()
+
+def test_a_verdict_without_the_integrity_checks_admits_nothing(
+    mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning
+) -> None:
+    with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
+        ref = ref_of(repo, NEWEST)
+        data = repo.read(ref)
+        verified = _image.verify_image(data, location=ref.location, trusted_signers=())
+        partial = replace(
+            verified,
+            verification=replace(
+                verified.verification,
+                checks=tuple(c for c in verified.verification.checks if c.name != "signature"),
+            ),
+        )
+        assert not repo.admit(ref, partial)
+    assert store(cache_dir, "images") == []
+
+
+def test_the_download_bar_is_never_drawn_with_json_or_quiet() -> None:
+    from tdxupdate.cli import _download_progress
+
+    assert _download_progress(Settings(interactive=True)) is not None
+    assert _download_progress(Settings(interactive=True, json=True)) is None
+    assert _download_progress(Settings(interactive=True, verbosity=-1)) is None
 
 
 def test_an_image_failing_integrity_is_returned_for_the_verdict_but_never_cached(
@@ -461,8 +498,8 @@ def test_an_image_failing_integrity_is_returned_for_the_verdict_but_never_cached
     mirror.put(blob(NEWEST), broken)
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         ref = ref_of(repo, NEWEST)
-        assert repo.read(ref) == broken
-        assert repo.read(ref) == broken
+        assert fetch(repo, ref) == broken
+        assert fetch(repo, ref) == broken
     verdict = _image.verify(broken, trusted_signers=trusted_signers())
     assert [c.name for c in verdict.failed] == ["seamhash"]
     assert store(cache_dir, "images") == []
@@ -500,13 +537,13 @@ def test_offline_uses_what_was_verified_before_and_says_how_old_the_mapping_is(
         url = server.url
         with open_mirror(server, bundle, cache_dir, tuning, clock=lambda: fetched) as online:
             listing(online)
-            online.read(ref_of(online, NEWEST))
+            fetch(online, ref_of(online, NEWEST))
     # The mirror is gone: nothing below may touch the network.
     with open_mirror(
         url, bundle, cache_dir, tuning, offline=True, clock=lambda: fetched + 3 * 3600 + 30
     ) as repo:
         heads = listing(repo)
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
         warnings = dict(repo.warnings)
     assert data == images[NEWEST]
     assert {str(v): h for v, h in heads.items()} == {
@@ -547,7 +584,7 @@ def test_offline_an_image_only_listed_before_cannot_be_read(
         listing(repo)  # the heads were kept
         ref = ref_of(repo, NEWEST)
         with pytest.raises(NotFound) as caught:
-            repo.read(ref)
+            fetch(repo, ref)
     assert caught.value.code == "image-not-found"
     assert caught.value.message == (
         f"{ref.location}: the whole image is not in the cache and --offline forbids fetching it"
@@ -568,7 +605,7 @@ def _fails(repo: RemoteRepository, call: str = "catalog", ref: ImageRef | None =
             repo.head(ref)
         else:
             assert ref is not None
-            repo.read(ref)
+            fetch(repo, ref)
     return caught.value
 
 
@@ -624,7 +661,7 @@ def test_a_stall_mid_body_is_retried_and_the_image_then_arrives(
     tuning = Tuning(read_timeout=0.3, retries=2, backoff=0.25, sleep=sleeps.append)
     mirror.inject(blob(NEWEST), Stall(mid_body=True, after_bytes=10000), Pass())
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
     assert data == images[NEWEST]
     assert [r.body_bytes for r in mirror.requests(blob(NEWEST))] == [10000, IMAGE_SIZE]
     assert sleeps == [0.25]
@@ -725,15 +762,6 @@ def test_a_retry_after_beyond_the_limit_is_reported_not_waited_for(
     assert sleeps == []
 
 
-def test_parse_retry_after_takes_seconds_and_http_dates() -> None:
-    now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
-    assert parse_retry_after("120", now) == 120.0
-    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
-    assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
-
-
 def test_a_dropped_connection_is_retried(
     mirror: MirrorServer, bundle: Path, cache_dir: Path, tuning: Tuning, sleeps: list[float]
 ) -> None:
@@ -824,7 +852,7 @@ def test_a_renamed_image_reaches_the_callers_version_check_unchanged(
     mirror.put(blob(NEWEST), images["1.5.06"])
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         listing(repo)
-        data = repo.read(ref_of(repo, NEWEST))
+        data = fetch(repo, ref_of(repo, NEWEST))
     verdict = _image.verify(
         data, trusted_signers=trusted_signers(), expected_version=Version.parse(NEWEST)
     )
@@ -880,7 +908,7 @@ def test_allow_insecure_http_works_and_says_so(
         server.put_repo(images)
         with open_mirror(server, None, cache_dir, tuning, allow_insecure_http=True) as repo:
             listing(repo)
-            assert repo.read(ref_of(repo, NEWEST)) == images[NEWEST]
+            assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
             warnings = dict(repo.warnings)
     assert warnings == {
         "insecure-http": f"--allow-insecure-http: {server.url}mapping_file.json, {server.url} is "
@@ -950,7 +978,7 @@ def test_a_password_in_the_url_is_used_but_never_shown_or_stored(
         listing(repo)
         shown = repo.location
         ref = ref_of(repo, NEWEST)
-        repo.read(ref)
+        fetch(repo, ref)
         mirror.remove(blob("1.5.06"))
         error = _fails(repo, "read", ref_of(repo, "1.5.06"))
     assert "s3cret" not in shown and "s3cret" not in ref.location and "fleet:***@" in shown
@@ -974,9 +1002,7 @@ def test_local_images_with_a_mapping_from_the_mirror(
     with open_remote(
         root.as_uri(),
         f"{mirror.url}mapping_file.json",
-        cache_dir=cache_dir,
-        ca_bundle=bundle,
-        tuning=tuning,
+        MirrorOptions(cache_dir=cache_dir, ca_bundle=bundle, tuning=tuning),
     ) as repo:
         catalog = repo.catalog()
         refs = repo.images(catalog)
@@ -1003,7 +1029,7 @@ def test_https_proxy_from_the_environment_tunnels_with_the_internal_ca(
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
             listing(repo)
-            assert repo.read(ref_of(repo, NEWEST)) == images[NEWEST]
+            assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
         tunnels = proxy.tunnels
     assert tunnels and set(tunnels) == {f"127.0.0.1:{mirror.port}"}
     assert len(mirror.log) == 1 + len(FORMATS) + 1
@@ -1035,11 +1061,15 @@ def test_a_progress_bar_is_drawn_only_for_a_terminal(
     interactive: bool,
 ) -> None:
     from tdxupdate import log
+    from tdxupdate.cli import _download_progress
 
     log.setup(0)  # log to this test's stderr, not to a stream an earlier test closed
-    with open_mirror(mirror, bundle, cache_dir, tuning, interactive=interactive) as repo:
+    # The command line's choice: a bar on a terminal, nothing on a pipe.
+    progress = _download_progress(Settings(interactive=interactive))
+    assert (progress is not None) == interactive
+    with open_mirror(mirror, bundle, cache_dir, tuning, progress=progress) as repo:
         listing(repo)
-        repo.read(ref_of(repo, NEWEST))
+        fetch(repo, ref_of(repo, NEWEST))
     captured = capsys.readouterr()
     assert captured.out == ""
     if interactive:
@@ -1057,14 +1087,15 @@ def test_a_progress_bar_is_drawn_only_for_a_terminal(
 def test_requests_is_imported_only_when_a_url_needs_it(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from tdxupdate import inventory, remote, cache, sources\n"
+        "from tdxupdate import inventory, sources\n"
+        "from tdxupdate.sources import cache, http, local, mirror, netfail\n"
         "assert 'requests' not in sys.modules, 'imported by the modules'\n"
         "from tdxupdate.settings import Settings\n"
         f"repo = inventory.open_repo(Settings(repo={str(tmp_path)!r}))\n"
         "assert type(repo).__name__ == 'LocalRepository'\n"
         "assert 'requests' not in sys.modules, 'imported for a local repository'\n"
-        f"r = remote.open_remote('https://mirror.example/', None, cache_dir=__import__('pathlib')"
-        f".Path({str(tmp_path / 'c')!r}), offline=True)\n"
+        f"r = mirror.open_remote('https://mirror.example/', None, mirror.MirrorOptions("
+        f"cache_dir=__import__('pathlib').Path({str(tmp_path / 'c')!r}), offline=True))\n"
         "assert 'requests' not in sys.modules, 'imported for --offline'\n"
         "print('ok')\n"
     )
@@ -1130,7 +1161,7 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     with emulated_host(sim_cache) as sim, MirrorServer(tls=ca) as server:
         published = publish(server, sim.repo)
         settings = mirror_settings(
@@ -1191,7 +1222,7 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     with emulated_host(sim_cache) as sim, MirrorServer(tls=ca) as server:
         published = publish(server, sim.repo)
         settings = mirror_settings(
@@ -1248,7 +1279,7 @@ def test_list_from_a_mirror_shows_a_404_image_as_missing(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     mirror.remove(blob("1.5.08"))
     report = run_action(_host_settings(mirror, bundle, tmp_path))
     assert report.error is None, report.error
@@ -1267,7 +1298,7 @@ def test_list_from_the_cache_offline_carries_the_age_warning(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     online = run_action(_host_settings(mirror, bundle, tmp_path))
     assert online.error is None, online.error
     mirror.reset_log()
@@ -1290,7 +1321,7 @@ def test_cli_list_json_from_a_mirror_with_the_remote_options(
 
     from tdxupdate.cli import main
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     sysroot = build_host_tree(tmp_path / "host", generation="G5", module="1.5.06", seamldr="1.5.00")
     keys = tmp_path / "keys"
     keys.write_text("\n".join(sorted(trusted_signers())) + "\n")
@@ -1359,14 +1390,6 @@ def test_a_malformed_url_is_a_usage_error(cache_dir: Path, tuning: Tuning, url: 
     assert caught.value.message.startswith(f"--repo {url}: malformed URL (")
 
 
-def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
-    assert remote.trust_store(None, {}) is None
-    assert remote.trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
-    assert remote.trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
-    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
-    assert remote.trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
-
-
 # --------------------------------------------------------------------------------------------
 # --verify of a mirror reports every image (issue 9 item 7)
 
@@ -1394,7 +1417,7 @@ def test_verify_of_a_mirror_reports_a_missing_image_and_checks_the_others(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     mirror.remove(blob("1.5.08"))
     report = run_action(verify_settings(mirror, bundle, tmp_path))
     assert report.error is not None
@@ -1428,7 +1451,7 @@ def test_verify_precedence_a_bad_image_over_a_network_failure_over_a_missing_one
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     mirror.remove(blob("1.5.08"))
     mirror.inject(blob("1.5.06"), *[Short(5000)] * 4)
     report = run_action(verify_settings(mirror, bundle, tmp_path))
@@ -1467,7 +1490,7 @@ def test_verify_stops_when_the_mapping_cannot_be_had(
 ) -> None:
     from tdxupdate.cli import run_action
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     mirror.inject(MAPPING, *[fault] * 4)
     report = run_action(verify_settings(mirror, bundle, tmp_path))
     assert (report.error.code, report.error.exit_code) == (token, code)
@@ -1485,7 +1508,7 @@ def test_cli_verify_json_of_a_mirror_agrees_with_the_exit_status(
 ) -> None:
     from tdxupdate.cli import main
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", tuning)
+    with_tuning(monkeypatch, tuning)
     mirror.remove(blob("1.5.08"))
     mirror.inject(blob("1.5.06"), *[Drop()] * 4)
     keys = tmp_path / "keys"

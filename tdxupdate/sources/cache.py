@@ -17,9 +17,10 @@ Rules that keep a bad byte out:
 * Every file (content and index) is written to a dot-named temporary file in its final
   directory, fsynced, and renamed into place: a killed or failed write leaves at worst a
   ``.tmp-*`` file, which never looks like a digest and is swept after :data:`STALE_TEMP_AGE`.
-* What enters the store is decided by the caller (:mod:`tdxupdate.remote` admits only bodies of
-  the announced length, and only images whose container, checksum, SEAMHASH and signature
-  verify, image-formats.md §4.1–§4.3); this module only guarantees that what comes back out is
+* What enters the store is decided by the caller (:mod:`tdxupdate.sources.mirror` admits only
+  bodies of the announced length, and only images whose container, checksum, SEAMHASH and
+  signature checks passed in the verdict its own caller handed back, image-formats.md
+  §4.1–§4.3); this module verifies nothing and only guarantees that what comes back out is
   byte-for-byte what went in.
 * An unreadable or inconsistent index entry is treated as absent: the cost is one download.
 * The cache directory and everything in it go through :mod:`tdxupdate.safedir` (issue 9, item

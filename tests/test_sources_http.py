@@ -1,10 +1,11 @@
 """A mirror that trickles is given up (issue 9 item 13): per-attempt and per-run deadlines.
 
 The read timeout starts again with every byte, so a mirror sending one byte every few seconds
-never trips it; :class:`tdxupdate.remote.Tuning` adds a deadline per attempt (body included) and
-one for all the requests, retries and waits of a run. The loopback tests shrink the deadlines to
-a second or two and trickle one byte every 0.2 s; each runs the client in a thread that must
-finish well within a generous bound, so a regression fails the test instead of hanging it.
+never trips it; :class:`tdxupdate.sources.http.Tuning` adds a deadline per attempt (body
+included) and one for all the requests, retries and waits of a run. The loopback tests shrink
+the deadlines to a second or two and trickle one byte every 0.2 s; each runs the client in a
+thread that must finish well within a generous bound, so a regression fails the test instead of
+hanging it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
-from factories.httpserver import MirrorServer, Status, ca_bundle
+from factories.httpserver import MirrorServer, Status, ca_bundle, with_tuning
 from factories.images import make_image, mapping_document, trusted_signers
 
-from tdxupdate import lock, remote
+from tdxupdate import lock
 from tdxupdate.errors import TdxError
-from tdxupdate.remote import Tuning, open_remote
+from tdxupdate.sources.http import Tuning, parse_retry_after, trust_store
+from tdxupdate.sources.mirror import MirrorOptions, open_remote
 from tdxupdate.versions import Version
 
 pytestmark = pytest.mark.network
@@ -218,7 +220,9 @@ def test_a_trickling_mapping_is_given_up_at_the_run_deadline(
 
     def fetch() -> object:
         with open_remote(
-            trickling.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+            trickling.url,
+            None,
+            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
         ) as repo:
             return repo.catalog()
 
@@ -245,7 +249,9 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
 
     def fetch() -> object:
         with open_remote(
-            trickling.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+            trickling.url,
+            None,
+            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
         ) as repo:
             return repo.catalog()
 
@@ -271,7 +277,9 @@ def test_a_trickling_image_leaves_nothing_in_the_cache(
 
         def read() -> bytes:
             with open_remote(
-                mirror.url, cache_dir=cache_dir, ca_bundle=bundle, tuning=small(retries=0)
+                mirror.url,
+                None,
+                MirrorOptions(cache_dir=cache_dir, ca_bundle=bundle, tuning=small(retries=0)),
             ) as repo:
                 refs = repo.images(repo.catalog())
                 return repo.read(refs[Version.parse(VERSION)])
@@ -306,7 +314,7 @@ def test_cli_verify_against_a_trickling_mirror_exits_74_with_one_line(
     capsys: pytest.CaptureFixture[str],
     as_json: bool,
 ) -> None:
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", small())
+    with_tuning(monkeypatch, small())
     argv = [
         "--verify", "--repo", trickling.url, "--ca-bundle", str(bundle),
         "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state"),
@@ -337,7 +345,7 @@ def test_cli_update_gives_up_and_releases_the_lock(
 ) -> None:
     from factories.hosts import build_host_tree
 
-    monkeypatch.setattr(remote, "DEFAULT_TUNING", small())
+    with_tuning(monkeypatch, small())
     sysroot = build_host_tree(tmp_path / "host", generation="G5", module="1.5.06", seamldr="1.5.00")
     keys = tmp_path / "keys"
     keys.write_text("\n".join(sorted(trusted_signers())) + "\n")
@@ -393,7 +401,9 @@ def test_retries_stop_before_a_wait_would_pass_the_run_deadline(
     mirror.inject(MAPPING, *[Status(503)] * 11)
     with (
         open_remote(
-            mirror.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+            mirror.url,
+            None,
+            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
         ) as repo,
         pytest.raises(TdxError) as caught,
     ):
@@ -416,7 +426,9 @@ def test_a_retry_after_past_the_run_deadline_is_not_waited_for(
     mirror.inject(MAPPING, Status(503, retry_after="20"))
     with (
         open_remote(
-            mirror.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+            mirror.url,
+            None,
+            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
         ) as repo,
         pytest.raises(TdxError) as caught,
     ):
@@ -433,7 +445,9 @@ def test_the_run_deadline_is_shared_by_every_request_of_the_run(
     mirror.inject(MAPPING, Status(503), Status(503))
     mirror.inject(BLOB, Status(503), Status(503))
     with open_remote(
-        mirror.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+        mirror.url,
+        None,
+        MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
     ) as repo:
         refs = repo.images(repo.catalog())  # 1 + 2 s of waiting: 1 s of the run is left
         assert clock.sleeps == [1.0, 2.0]
@@ -451,7 +465,9 @@ def test_a_passed_run_deadline_fails_the_next_request_without_sending_it(
     clock = FakeClock()
     tuning = Tuning(retries=3, run_deadline=5.0, sleep=clock.sleep, clock=clock)
     with open_remote(
-        mirror.url, cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning
+        mirror.url,
+        None,
+        MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
     ) as repo:
         assert repo.client is not None
         repo.client.spent = 5.0  # the run already spent its time on the network
@@ -462,3 +478,24 @@ def test_a_passed_run_deadline_fails_the_next_request_without_sending_it(
         f"{mirror.url}mapping_file.json: gave up after 5 s, the time one run may spend on the "
         "network (the mirror sent 0 bytes"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Headers and the trust store
+
+
+def test_parse_retry_after_takes_seconds_and_http_dates() -> None:
+    now = 1_767_225_600.0  # Thu, 01 Jan 2026 00:00:00 GMT
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
+    assert trust_store(None, {}) is None
+    assert trust_store(Path("/etc/ca.pem"), {}) == "--ca-bundle /etc/ca.pem"
+    assert trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
+    env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
+    assert trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
