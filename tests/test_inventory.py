@@ -10,7 +10,7 @@ from factories.images import Release, make_image, mapping_document, test_key, wr
 
 from tdxupdate import image as _image
 from tdxupdate import inventory, policy
-from tdxupdate.catalog import load_catalog
+from tdxupdate.sources.local import load_catalog
 from tdxupdate.report import UNSET, Report
 from tdxupdate.settings import Settings
 from tdxupdate.sources import ImageRef
