@@ -561,7 +561,7 @@ def _judge(
         name = signal.Signals(result.interrupted).name
         raise Interrupted(
             f"interrupted by {name} before anything was written to the upload interface",
-            exit_code=128 + result.interrupted,
+            signum=result.interrupted,
         )
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name
@@ -729,7 +729,7 @@ def _finish(
     if outcome == "interrupted":
         assert attempt.result is not None and attempt.result.interrupted is not None
         signum = attempt.result.interrupted
-        raise Interrupted(attempt.message, exit_code=128 + signum)
+        raise Interrupted(attempt.message, signum=signum)
     if attempt.error is not None:
         # The stream failed (I/O or permission error while writing); nothing was committed
         # unless the uploader says otherwise, and the interface was not left loading.
