@@ -6,7 +6,6 @@ into an exit code and a line on stderr; nothing else calls ``sys.exit``.
 
 from __future__ import annotations
 
-import errno as _errno
 import signal as _signal
 
 #: A process ended by signal N exits 128 + N (the shell's convention).
@@ -196,10 +195,8 @@ def funnel(exc: BaseException) -> TdxError:
 
 
 def from_oserror(exc: OSError, what: str) -> TdxError:
-    """Map an OSError raised while touching ``what`` to the documented error class."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (_errno.EACCES, _errno.EPERM):
-        return PermissionDenied(f"{what}: permission denied (run as root)")
-    if exc.errno == _errno.ENOENT:
-        return IOFailure(f"{what}: does not exist")
-    return IOFailure(f"{what}: {reason}")
+    """:func:`tdxupdate.fsio.os_error` with the common cases (kept for the modules that still
+    import it from here; new code calls ``fsio.os_error``)."""
+    from tdxupdate import fsio
+
+    return fsio.os_error(exc, what)
