@@ -202,3 +202,28 @@ def test_an_interruption_removes_the_temporary(
         with pytest.raises(KeyboardInterrupt):
             fsio.write_atomically(d, "f", b"x", error=lambda e, s: IOFailure(f"{s}: {e}"))
         assert d.names() == []
+
+
+@pytest.mark.parametrize("failing", ["mkstemp", "replace", "fsync"])
+def test_fsio_can_replace_the_cache_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """cache.atomic_write(d, name, data) is write_atomically(d, name, data, prefix=".tmp-",
+    suffix=""): the same errors, the same leftovers (the recipe for switching it)."""
+    from tdxupdate import cache
+
+    def broken(*_args: object) -> None:
+        raise oserror(errno.EACCES if failing == "mkstemp" else errno.EIO)
+
+    def attempt(write: object, where: str) -> tuple[type[TdxError], str, list[str]]:
+        with safedir.open_dir(tmp_path / where, "test directory") as d:
+            monkeypatch.setattr(d, failing, broken)
+            with pytest.raises(TdxError) as info:
+                write(d, "entry")  # type: ignore[operator]
+            monkeypatch.undo()
+            shown = info.value.message.replace(str(tmp_path / where), "DIR")
+            return type(info.value), shown, d.names()
+
+    old = attempt(lambda d, n: cache.atomic_write(d, n, b"x"), "old")
+    new = attempt(lambda d, n: fsio.write_atomically(d, n, b"x", prefix=".tmp-", suffix=""), "new")
+    assert old == new
