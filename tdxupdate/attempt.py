@@ -428,7 +428,7 @@ def _attempt(
     if verdict.outcome == outcome.NOT_WRITTEN:
         # The signal came before the first write: nothing reached the kernel, nothing to record.
         assert result.interrupted is not None
-        raise Interrupted(verdict.message, exit_code=128 + result.interrupted)
+        raise Interrupted(verdict.message, signum=result.interrupted)
     return Attempt(
         fmt,
         result,

@@ -151,11 +151,6 @@ class Catalog:
                 return release
         return None
 
-    def latest_in_stream(self, major: int, minor: int) -> Release | None:
-        """The highest version of the ``major.minor`` Z-stream, or None when there is none."""
-        stream = [r for r in self.releases if r.version.stream == (major, minor)]
-        return max(stream, key=lambda r: r.version, default=None)
-
 
 # --- problems -------------------------------------------------------------------------------
 

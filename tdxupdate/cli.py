@@ -22,7 +22,7 @@ from click.shell_completion import CompletionItem
 from tdxupdate import __version__
 from tdxupdate import log as _log
 from tdxupdate import signals as _signals
-from tdxupdate.errors import TdxError, UsageError
+from tdxupdate.errors import EXIT_CODES, Interrupted, TdxError, UsageError, exit_table, funnel
 from tdxupdate.settings import (
     DEFAULT_FENCE_TIMEOUT,
     DEFAULT_REPO,
@@ -107,13 +107,7 @@ def _complete_profile(
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog=(
-        "Exit codes: 0 success or nothing to do, 1 the kernel reported failure, 64 usage, "
-        "65 bad data, 66 missing input, 69 unavailable (needs an administrator or a reboot), "
-        "70 internal error, 74 I/O error, 75 try again later (locked, busy, host changed), "
-        "77 permission denied, 78 bad configuration, 128+N interrupted by signal N. "
-        "See tdxupdate(8)."
-    ),
+    epilog=f"{exit_table()} See tdxupdate(8).",
 )
 @click.option(
     "--status",
@@ -681,39 +675,28 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         return _finish(settings, report, started)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        return _fail(UsageError(exc.format_message()), as_json)
-    except click.Abort:
-        return _fail(TdxError("interrupted", code="interrupted"), as_json)
-    except TdxError as exc:
-        if verbosity >= 2:
-            import traceback
-
-            traceback.print_exc()
-        return _fail(exc, as_json)
-    except KeyboardInterrupt:
-        return _fail(TdxError("interrupted by SIGINT", code="interrupted"), as_json)
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head) somewhere _echo does not print: quietly,
         # with the conventional status of a process whose reader went away.
         _stdout_gone()
-        return 141
-    except Exception as exc:  # the last line of defence: one line, never a traceback
-        if verbosity >= 1:
+        return EXIT_CODES["broken-pipe"]
+    except click.ClickException as exc:
+        err: TdxError = UsageError(exc.format_message())
+    except click.Abort:
+        err = Interrupted("interrupted")
+    except (Exception, KeyboardInterrupt) as exc:  # the last line of defence: never a traceback
+        err = funnel(exc)
+        # -vv shows where an expected error came from; -v already where a bug did
+        if isinstance(exc, Exception) and verbosity >= (2 if exc is err else 1):
             import traceback
 
             traceback.print_exc()
-        return _fail(
-            TdxError(
-                f"internal error: {type(exc).__name__}: {exc} (run with -v for details)",
-                code="io-error",
-                exit_code=70,
-            ),
-            as_json,
-        )
+    return _fail(err, as_json)
 
 
 def _fail(exc: TdxError, as_json: bool) -> int:
+    """The one place a run that produced no report ends: its error on stderr, as a JSON
+    document on stdout with --json, and its exit code."""
     _log.get_logger().error(exc.message)
     if as_json:
         from tdxupdate.report import SCHEMA_VERSION

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tdxupdate.errors import NotFound, TdxError, from_oserror
+from tdxupdate import fsio
+from tdxupdate.errors import NotFound, TdxError
 
 DEFAULT_CONFIG = Path("/etc/tdxupdate.conf")
 CONFIG_ENV = "TDXUPDATE_CONFIG"
@@ -376,7 +377,7 @@ def read_operator_file(path: Path, limit: int, what: str, *, too_large: str | No
             [ConfigProblem(path, None, None, f"is a directory, not {what}")]
         ) from None
     except OSError as exc:
-        raise from_oserror(exc, str(path)) from exc
+        raise fsio.os_error(exc, str(path)) from exc
     why = unsafe(st)
     if why is not None:
         raise ConfigError([ConfigProblem(path, None, None, f"refused: {why}")])

@@ -6,10 +6,13 @@ into an exit code and a line on stderr; nothing else calls ``sys.exit``.
 
 from __future__ import annotations
 
-import errno as _errno
 import signal as _signal
 
-#: error.code token -> exit code (cli-contract.md §2).
+#: A process ended by signal N exits 128 + N (the shell's convention).
+SIGNAL_EXIT_BASE = 128
+
+#: error.code token -> exit code (cli-contract.md §2). The only source of exit codes: the
+#: ``--help`` epilog and the man page's EXIT STATUS follow it (tests/test_manpage.py).
 EXIT_CODES: dict[str, int] = {
     "kernel-error": 1,
     "version-mismatch": 1,
@@ -44,9 +47,42 @@ EXIT_CODES: dict[str, int] = {
     "host-changed": 75,
     "pre-update-failed": 75,
     "timeout": 75,
+    "internal-error": 70,
     "permission-denied": 77,
-    "interrupted": 130,
+    # Interrupted by SIGINT; by signal N: 128 + N (:class:`Interrupted`).
+    "interrupted": SIGNAL_EXIT_BASE + int(_signal.SIGINT),
+    # stdout's reader went away where the rest could not be discarded; never a JSON token.
+    "broken-pipe": SIGNAL_EXIT_BASE + int(_signal.SIGPIPE),
 }
+
+#: exit code -> what it means, in the words of ``tdxupdate --help`` (0 is not an error).
+EXIT_MEANINGS: dict[int, str] = {
+    0: "success or nothing to do",
+    1: "the kernel reported failure",
+    64: "usage",
+    65: "bad data",
+    66: "missing input",
+    69: "unavailable (needs an administrator or a reboot)",
+    70: "internal error",
+    74: "I/O error",
+    75: "try again later (locked, busy, host changed)",
+    77: "permission denied",
+    78: "bad configuration",
+    EXIT_CODES["interrupted"]: "interrupted by signal N",
+    EXIT_CODES["broken-pipe"]: "standard output closed",
+}
+
+
+def exit_table() -> str:
+    """The exit codes, one phrase each, for ``--help`` (signals as ``128+N``)."""
+    parts = []
+    for code, meaning in sorted(EXIT_MEANINGS.items()):
+        if code == EXIT_CODES["interrupted"]:
+            parts.append(f"{SIGNAL_EXIT_BASE}+N {meaning}")
+        else:
+            parts.append(f"{code} {meaning}")
+    return "Exit codes: " + ", ".join(parts) + "."
+
 
 #: Signals whose default action ends the process: all are handled alike (the stream is
 #: aborted, an attempt that reached the kernel is recorded, the exit is 128 + the signal).
@@ -65,18 +101,17 @@ class TdxError(Exception):
 
     code: str = "io-error"
 
-    def __init__(self, message: str, *, code: str | None = None, exit_code: int | None = None):
+    def __init__(self, message: str, *, code: str | None = None):
         super().__init__(message)
         if code is not None:
             self.code = code
         if self.code not in EXIT_CODES:
             raise ValueError(f"unknown error token {self.code!r}")
         self.message = message
-        self._exit_code = exit_code
 
     @property
     def exit_code(self) -> int:
-        return self._exit_code if self._exit_code is not None else EXIT_CODES[self.code]
+        return EXIT_CODES[self.code]
 
     def to_json(self) -> dict[str, object]:
         return {"code": self.code, "message": self.message, "exit_code": self.exit_code}
@@ -127,14 +162,41 @@ class KernelFailure(TdxError):
 
 
 class Interrupted(TdxError):
+    """A terminating signal ended the run: the exit is 128 + ``signum`` (SIGINT: 130)."""
+
     code = "interrupted"
+
+    def __init__(self, message: str, *, signum: int = _signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return SIGNAL_EXIT_BASE + self.signum
+
+
+class InternalError(TdxError):
+    """A bug: an exception nothing expected reached the top (exit 70)."""
+
+    code = "internal-error"
+
+
+def funnel(exc: BaseException) -> TdxError:
+    """Whatever ended a run, as the one :class:`TdxError` its message and exit code come from.
+
+    A :class:`TdxError` is itself; Ctrl-C (a ``KeyboardInterrupt`` that got past the signal
+    handler) is :class:`Interrupted`; anything else is a bug, :class:`InternalError`.
+    """
+    if isinstance(exc, TdxError):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("interrupted by SIGINT")
+    return InternalError(f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
 
 
 def from_oserror(exc: OSError, what: str) -> TdxError:
-    """Map an OSError raised while touching ``what`` to the documented error class."""
-    reason = exc.strerror or str(exc)
-    if exc.errno in (_errno.EACCES, _errno.EPERM):
-        return PermissionDenied(f"{what}: permission denied (run as root)")
-    if exc.errno == _errno.ENOENT:
-        return IOFailure(f"{what}: does not exist")
-    return IOFailure(f"{what}: {reason}")
+    """:func:`tdxupdate.fsio.os_error` with the common cases (kept for the modules that still
+    import it from here; new code calls ``fsio.os_error``)."""
+    from tdxupdate import fsio
+
+    return fsio.os_error(exc, what)

@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tdxupdate import lock, safedir
-from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, TryLater
+from tdxupdate import fsio, lock, safedir
+from tdxupdate.errors import PermissionDenied, TdxError, TryLater
 from tdxupdate.settings import Settings
 
 __all__ = [
@@ -117,10 +117,11 @@ def fence_dir(upload_dir: Path) -> Path:
     return lock.HOST_LOCK_DIR / f"fence-{lock.interface_key(upload_dir)}"
 
 
+_CASES = fsio.cases((fsio.DENIED + fsio.READ_ONLY, PermissionDenied, "permission denied"))
+
+
 def _error(exc: OSError, path: Path, doing: str) -> TdxError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"{path}: cannot {doing} the TD-build fence: permission denied")
-    return IOFailure(f"{path}: cannot {doing} the TD-build fence: {exc.strerror or exc}")
+    return fsio.os_error(exc, f"{path}: cannot {doing} the TD-build fence", _CASES)
 
 
 def _directory(upload_dir: Path) -> safedir.SafeDir:

@@ -23,7 +23,6 @@ which starts with a newline, and ``load`` skips it with a warning.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tdxupdate import safedir
+from tdxupdate import fsio, safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
 from tdxupdate.versions import Version
 
@@ -296,14 +295,15 @@ def history_path(state_dir: Path) -> Path:
     return Path(state_dir) / HISTORY_FILE
 
 
+_ELSEWHERE = "(run as root or choose another --state-dir)"
+_CASES = fsio.cases(
+    (fsio.DENIED, PermissionDenied, f"permission denied {_ELSEWHERE}"),
+    (fsio.READ_ONLY, PermissionDenied, f"read-only file system {_ELSEWHERE}"),
+)
+
+
 def _error(exc: OSError, path: Path, doing: str) -> TdxError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return PermissionDenied(
-            f"{path}: cannot {doing} the update history: {reason} "
-            "(run as root or choose another --state-dir)"
-        )
-    return IOFailure(f"{path}: cannot {doing} the update history: {exc.strerror or exc}")
+    return fsio.os_error(exc, f"{path}: cannot {doing} the update history", _CASES)
 
 
 def append(state_dir: Path, record: HistoryRecord) -> None:

@@ -572,16 +572,6 @@ def _expected_block(sig: Sigstruct) -> bytes:
     return emsa_pkcs1_v15_sha384(signed_message(sig.raw), RSA_KEY_BYTES)
 
 
-def verify_signature(sig: Sigstruct) -> bool:
-    """RSA-3072 PKCS#1 v1.5 SHA-384 over :func:`signed_message` (image-formats.md §4.3).
-
-    The whole 384-byte encoded block is compared with the expected one (no parsing of the
-    padding, so no Bleichenbacher-style lenient decoding).
-    """
-    em = _decode_signature(sig)
-    return em is not None and em == _expected_block(sig)
-
-
 def _signature_check(sig: Sigstruct, *, reuse_verdicts: bool = True) -> Check:
     """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process.
 
@@ -1012,5 +1002,4 @@ __all__ = [
     "signed_message",
     "verify",
     "verify_image",
-    "verify_signature",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tdxupdate.errors import DataError, NotFound, from_oserror
+from tdxupdate import fsio
+from tdxupdate.errors import DataError, NotFound
 from tdxupdate.image import INTEL_PRODUCTION_SIGNER
 
 _FPR_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -56,7 +57,7 @@ def load_trusted_keys(path: Path) -> frozenset[str]:
             f"{path}: is a directory, not a trusted keys file", code="trusted-keys-invalid"
         ) from exc
     except OSError as exc:
-        raise from_oserror(exc, str(path)) from exc
+        raise fsio.os_error(exc, str(path)) from exc
     why = unsafe(st)
     if why is not None:
         raise DataError(f"{path}: refused: {why}", code="trusted-keys-invalid")

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
-from tdxupdate.errors import EXIT_CODES, DataError, TdxError, UsageError
+from tdxupdate.errors import DataError, IOFailure, TdxError, UsageError, funnel
 
 __all__ = ["is_tdx_domain", "main"]
 
@@ -132,14 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args, sys.stdin.buffer, sys.stderr)
-    except TdxError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return exc.exit_code
     except OSError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_CODES["io-error"]
-    except KeyboardInterrupt:
-        return EXIT_CODES["interrupted"]
+        err: TdxError = IOFailure(str(exc))
+    except (TdxError, KeyboardInterrupt) as exc:
+        err = funnel(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            return err.exit_code  # libvirt (or someone at a terminal) stopped it: nothing to say
+    print(f"{PROG}: {err.message}", file=sys.stderr)
+    return err.exit_code
 
 
 if __name__ == "__main__":

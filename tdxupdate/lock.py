@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from tdxupdate import safedir
-from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, TryLater
+from tdxupdate import fsio, safedir
+from tdxupdate.errors import PermissionDenied, TdxError, TryLater
 
 __all__ = [
     "HOST_LOCK_DIR",
@@ -77,13 +77,17 @@ class Lock:
         return f"<Lock {self.path} pid {self.pid} {state}>"
 
 
+_CASES = fsio.cases(
+    (
+        fsio.DENIED + fsio.READ_ONLY,
+        PermissionDenied,
+        "permission denied (run as root or choose another --state-dir)",
+    )
+)
+
+
 def _error(exc: OSError, path: Path, doing: str) -> TdxError:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(
-            f"{path}: cannot {doing} the update lock: permission denied "
-            "(run as root or choose another --state-dir)"
-        )
-    return IOFailure(f"{path}: cannot {doing} the update lock: {exc.strerror or exc}")
+    return fsio.os_error(exc, f"{path}: cannot {doing} the update lock", _CASES)
 
 
 def _holder(fd: int) -> str:

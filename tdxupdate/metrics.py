@@ -14,15 +14,13 @@ as 0, so "unknown" never reads as "none".
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import safedir
+from tdxupdate import fsio, safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
 from tdxupdate.versions import try_parse
 
@@ -218,24 +216,25 @@ def render_textfile(doc: Mapping[str, Any], *, duration_s: float, now: float) ->
 
 def _write_error(exc: OSError, path: Path) -> TdxError:
     what = f"{path}: cannot write the metrics file"
-    if exc.errno == errno.ENOENT:
-        return IOFailure(f"{what}: directory {path.parent} does not exist")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"{what}: permission denied")
-    if exc.errno == errno.EROFS:
-        return IOFailure(
-            f"{what}: read-only file system (under systemd, list {path.parent} in ReadWritePaths=)"
-        )
-    return IOFailure(f"{what}: {exc.strerror or exc}")
+    known = fsio.cases(
+        (fsio.MISSING, IOFailure, f"directory {path.parent} does not exist"),
+        (fsio.DENIED, PermissionDenied, "permission denied"),
+        (
+            fsio.READ_ONLY,
+            IOFailure,
+            f"read-only file system (under systemd, list {path.parent} in ReadWritePaths=)",
+        ),
+    )
+    return fsio.os_error(exc, what, known)
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
 
     The directory must exist and must not be writable by group or others (it may belong to
-    the exporter's user); the temporary file is created ``O_EXCL`` in it and renamed over
-    ``path`` through the directory's descriptor (:mod:`tdxupdate.safedir`), so a symbolic
-    link planted as ``path`` is replaced, never written through.
+    the exporter's user); the file is replaced through the directory's descriptor
+    (:func:`tdxupdate.fsio.write_atomically`), so a symbolic link planted as ``path`` is
+    replaced, never written through.
     """
     path = Path(path)
     try:
@@ -245,28 +244,15 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     if directory is None:
         raise _write_error(FileNotFoundError(errno.ENOENT, "No such file or directory"), path)
     with directory:
-        try:
-            fd, tmp_name = directory.mkstemp(prefix=f".{path.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise _write_error(exc, path) from exc
-        try:
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    # Created 0600; the exporter runs as another user and must read it.
-                    os.fchmod(out.fileno(), mode)
-                    os.fsync(out.fileno())
-                directory.replace(tmp_name, path.name)
-            except OSError as exc:
-                raise _write_error(exc, path) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                directory.unlink(tmp_name)
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        with contextlib.suppress(OSError):
-            directory.fsync()
+        # The exporter runs as another user and must read it.
+        fsio.write_atomically(
+            directory,
+            path.name,
+            data,
+            mode=mode,
+            error=lambda exc, _stage: _write_error(exc, path),
+            strict_dir_sync=False,
+        )
 
 
 def write_textfile(

@@ -32,7 +32,7 @@ OUTCOMES: dict[str, Row] = {
     "module-lost": Row(KernelFailure, "module-lost"),
     "device-busy": Row(TryLater, "device-busy"),
     "timeout": Row(TryLater, "timeout"),
-    # 128 + the signal number (the caller passes it)
+    # 128 + the signal number (the caller passes it; Interrupted computes the exit)
     "interrupted": Row(Interrupted, "interrupted"),
     # a kernel error, or a stream that failed (the caller raises the stream's own error)
     "failed": Row(KernelFailure, "kernel-error"),
@@ -40,12 +40,16 @@ OUTCOMES: dict[str, Row] = {
 }
 
 
-def error_for(outcome: str, message: str, *, exit_code: int | None = None) -> TdxError | None:
-    """The error a run whose attempt ended with ``outcome`` fails with; None for success."""
+def error_for(outcome: str, message: str, *, signum: int | None = None) -> TdxError | None:
+    """The error a run whose attempt ended with ``outcome`` fails with; None for success.
+
+    ``signum``: the signal that interrupted the attempt (the exit is 128 + it)."""
     row = OUTCOMES[outcome]
     if row.error is None:
         return None
-    return row.error(message, code=row.code, exit_code=exit_code)
+    if row.error is Interrupted:
+        return Interrupted(message, signum=signum or signal.SIGINT)
+    return row.error(message, code=row.code)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _handler(signum: int, _frame: object) -> None:
     if _holding:
         _held.append(signum)
         return
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum=signum)
 
 
 def install() -> Callable[[], None]:

@@ -235,8 +235,7 @@ def _finish(report: Report, attempt: Attempt, plan: UpdatePlan) -> None:
         return
     if attempt.outcome == "interrupted":
         assert attempt.result is not None and attempt.result.interrupted is not None
-        signum = attempt.result.interrupted
-        raise Interrupted(attempt.message, exit_code=128 + signum)
+        raise Interrupted(attempt.message, signum=attempt.result.interrupted)
     if attempt.error is not None:
         # The stream failed (I/O or permission error while writing); nothing was committed
         # unless the uploader says otherwise, and the interface was not left loading.

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import netguard
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
 
 from tdxupdate import verdicts
@@ -24,3 +25,24 @@ def _no_real_verdict_store(_verdict_dir: Path) -> Iterator[None]:
         yield
     finally:
         verdicts.default_dir = real  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _network_guard() -> Iterator[None]:
+    """No test connects beyond loopback (tests/factories/netguard.py), for the whole session."""
+    with netguard.guard():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_beyond_loopback(_network_guard: None) -> Iterator[None]:
+    """Fail a test that tried, even when the code under test swallowed the refusal."""
+    netguard.refused.clear()
+    yield
+    attempts, netguard.refused[:] = list(netguard.refused), []
+    if attempts:
+        pytest.fail(
+            f"this test tried to connect beyond loopback: {', '.join(attempts)} "
+            "(tests reach only 127.0.0.0/8, ::1 and AF_UNIX)",
+            pytrace=False,
+        )

@@ -224,7 +224,6 @@ def test_empty_catalog_offers_nothing() -> None:
     cat = load_catalog(SAMPLES / "empty-releases.json")
     assert cat.releases == ()
     assert cat.get(V("1.5.06")) is None
-    assert cat.latest_in_stream(1, 5) is None
 
 
 # --- Catalog and Release ---------------------------------------------------------------------
@@ -237,15 +236,10 @@ def test_get_treats_padded_and_unpadded_versions_alike() -> None:
     assert cat.get(V("1.5.07")) is None
 
 
-def test_latest_in_stream_picks_highest_not_last() -> None:
+def test_releases_keep_the_file_order() -> None:
     releases = [{**GOOD_RELEASE, "version": v} for v in ("1.5.09", "1.5.24", "1.5.16", "2.0.18")]
     cat = parse_catalog(doc(*releases), "m.json")
     assert [str(r.version) for r in cat.releases] == ["1.5.09", "1.5.24", "1.5.16", "2.0.18"]
-    latest = cat.latest_in_stream(1, 5)
-    assert latest is not None and latest.version == V("1.5.24")
-    latest2 = cat.latest_in_stream(2, 0)
-    assert latest2 is not None and latest2.version == V("2.0.18")
-    assert cat.latest_in_stream(3, 0) is None
 
 
 def test_release_is_immutable_and_hashable() -> None:

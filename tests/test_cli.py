@@ -823,3 +823,70 @@ def test_update_compat_warning_from_the_mapping(run: Any, tmp_path: Path, keys: 
     assert res.code == 0 and res.out == "" and res.err == ""
     res = run("--list", "-q", "--json", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
     assert "running-module-lacks-update-compat" in res.doc["warnings"] and res.err == ""
+
+
+# --- the error funnel: one table, one renderer ----------------------------------------------
+
+
+def test_help_lists_every_exit_code_of_the_table(run: Any) -> None:
+    from tdxupdate.errors import EXIT_CODES, EXIT_MEANINGS, SIGNAL_EXIT_BASE
+
+    res = run("--help")
+    text = " ".join(res.out.split())  # click wraps the epilog
+    assert set(EXIT_CODES.values()) <= set(EXIT_MEANINGS)
+    for code in {0, *EXIT_CODES.values()}:
+        shown = f"{SIGNAL_EXIT_BASE}+N" if code == EXIT_CODES["interrupted"] else str(code)
+        assert f"{shown} {EXIT_MEANINGS[code]}" in text, code
+
+
+def test_an_unexpected_exception_is_an_internal_error_with_its_own_token(
+    run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tdxupdate import cli
+
+    def boom(_settings: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_action", boom)
+    root = build_host_tree(tmp_path / "h")
+    message = "tdxupdate: internal error: RuntimeError: a bug (run with -v for details)"
+    res = run("--sysroot", root)
+    assert (res.code, res.err_lines, res.out) == (70, [message], "")
+    res = run("--sysroot", root, "--json")
+    assert res.code == 70
+    assert res.doc["error"] == {
+        "code": "internal-error",
+        "message": message.removeprefix("tdxupdate: "),
+        "exit_code": 70,
+    }
+
+
+def test_a_broken_pipe_that_escapes_exits_141_quietly(
+    run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tdxupdate import cli
+
+    def gone(_settings: Any) -> Any:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(cli, "run_action", gone)
+    monkeypatch.setattr(cli, "_stdout_gone", lambda: None)
+    res = run("--sysroot", build_host_tree(tmp_path / "h"))
+    assert (res.code, res.out, res.err_lines) == (141, "", [])
+
+
+@pytest.mark.parametrize(("signum", "code"), [(None, 130), (2, 130), (15, 143), (1, 129), (3, 131)])
+def test_interrupted_exits_128_plus_its_signal(signum: int | None, code: int) -> None:
+    from tdxupdate.errors import EXIT_CODES, Interrupted
+
+    err = Interrupted("stop") if signum is None else Interrupted("stop", signum=signum)
+    assert (err.code, err.exit_code, err.to_json()["exit_code"]) == ("interrupted", code, code)
+    assert EXIT_CODES["interrupted"] == Interrupted("x").exit_code
+
+
+def test_an_error_carries_no_exit_code_of_its_own() -> None:
+    from tdxupdate.errors import EXIT_CODES, TdxError
+
+    with pytest.raises(TypeError):
+        TdxError("x", exit_code=70)  # type: ignore[call-arg]
+    assert TdxError("x", code="locked").exit_code == EXIT_CODES["locked"]

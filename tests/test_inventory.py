@@ -10,10 +10,10 @@ from factories.images import Release, make_image, mapping_document, test_key, wr
 
 from tdxupdate import image as _image
 from tdxupdate import inventory, policy
-from tdxupdate.sources.local import load_catalog
 from tdxupdate.report import UNSET, Report
 from tdxupdate.settings import Settings
 from tdxupdate.sources import ImageRef
+from tdxupdate.sources.local import load_catalog
 from tdxupdate.versions import Version
 
 TRUSTED = frozenset({test_key().fingerprint})

@@ -164,6 +164,17 @@ def test_every_exit_code_has_an_entry() -> None:
     assert set(EXIT_CODES.values()) | {0, 143} <= documented
 
 
+def test_every_exit_code_is_in_the_help_epilog() -> None:
+    """``--help``'s exit table is built from the same table as the page's entries."""
+    from tdxupdate.errors import EXIT_MEANINGS
+
+    epilog = " ".join((command.epilog or "").split())
+    assert set(EXIT_CODES.values()) | {0} <= set(EXIT_MEANINGS)
+    for code in set(EXIT_CODES.values()) - {EXIT_CODES["interrupted"]}:
+        assert f"{code} {EXIT_MEANINGS[code]}" in epilog, code
+    assert "128+N interrupted by signal N" in epilog
+
+
 def test_every_reason_token_is_documented() -> None:
     reasons = section("REASONS")
     assert [r for r in policy.REASONS if f".B {roff(r)}\n" not in reasons] == []

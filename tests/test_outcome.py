@@ -70,8 +70,8 @@ def test_each_outcome_fails_with_its_error_class_and_token(name: str) -> None:
     assert error.exit_code == code
 
 
-def test_a_signal_sets_the_exit_code_the_caller_computes() -> None:
-    error = outcome.error_for("interrupted", "x", exit_code=128 + signal.SIGTERM)
+def test_a_signal_sets_the_exit_code_128_plus_its_number() -> None:
+    error = outcome.error_for("interrupted", "x", signum=signal.SIGTERM)
     assert error is not None and error.exit_code == 143
 
 
