@@ -75,7 +75,7 @@ def test_errno_name() -> None:
 def _host_like(path: Path, exc: OSError, missing_code: str) -> TdxError:
     """host._os_error expressed with fsio (the recipe for switching it), minus its P-SEAMLDR
     wording, which host keeps as a case it computes from the path."""
-    from tdxupdate.host import _error
+    from tdxupdate.hostfiles import error_for_code as _error
 
     known = fsio.cases(
         (fsio.DENIED, PermissionDenied, "permission denied: run as root"),
@@ -100,7 +100,7 @@ def test_fsio_can_express_host_os_error(number: int) -> None:
 
 @pytest.mark.parametrize("number", [errno.EACCES, errno.ENOENT, errno.EIO])
 def test_fsio_can_express_image_open_error(number: int) -> None:
-    from tdxupdate.image import _open_error
+    from tdxupdate.sources.local import _open_error
 
     missing = functools.partial(NotFound, code="image-not-found")
     known = {**fsio.COMMON, **fsio.cases((fsio.MISSING, missing, "no such image"))}
@@ -209,8 +209,8 @@ def test_fsio_can_replace_the_cache_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """cache.atomic_write(d, name, data) is write_atomically(d, name, data, prefix=".tmp-",
-    suffix=""): the same errors, the same leftovers (the recipe for switching it)."""
-    from tdxupdate import cache
+    suffix=""): the same errors, the same leftovers."""
+    from tdxupdate.sources import cache
 
     def broken(*_args: object) -> None:
         raise oserror(errno.EACCES if failing == "mkstemp" else errno.EIO)
@@ -224,6 +224,11 @@ def test_fsio_can_replace_the_cache_writer(
             shown = info.value.message.replace(str(tmp_path / where), "DIR")
             return type(info.value), shown, d.names()
 
-    old = attempt(lambda d, n: cache.atomic_write(d, n, b"x"), "old")
-    new = attempt(lambda d, n: fsio.write_atomically(d, n, b"x", prefix=".tmp-", suffix=""), "new")
-    assert old == new
+    got = attempt(lambda d, n: cache.atomic_write(d, n, b"x"), "cache")
+    # what cache.atomic_write raised and left before it was built on fsio
+    expected = {
+        "mkstemp": (PermissionDenied, "DIR: permission denied (run as root)", []),
+        "replace": (IOFailure, f"DIR/entry: {os.strerror(errno.EIO)}", []),
+        "fsync": (IOFailure, f"DIR/entry: {os.strerror(errno.EIO)}", ["entry"]),
+    }
+    assert got == expected[failing]

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import safedir
+from tdxupdate import fsio, safedir
 from tdxupdate.errors import from_oserror
 from tdxupdate.safedir import SafeDir
 
@@ -341,24 +341,4 @@ class Staged:
 def atomic_write(directory: SafeDir, name: str, data: bytes) -> None:
     """Write ``data`` as ``name`` in ``directory`` so that readers see the old file or the
     new one, never a part (a symbolic link in its place is replaced, not followed)."""
-    path = directory.path / name
-    try:
-        fd, tmp = directory.mkstemp(_TEMP_PREFIX)
-    except OSError as exc:
-        raise from_oserror(exc, str(directory.path)) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        directory.replace(tmp, name)
-        directory.fsync()
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            directory.unlink(tmp)
-        raise from_oserror(exc, str(path)) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            directory.unlink(tmp)
-        raise
+    fsio.write_atomically(directory, name, data, prefix=_TEMP_PREFIX, suffix="")
