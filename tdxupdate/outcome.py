@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tdxupdate.errors import Interrupted, KernelFailure, TdxError, TryLater
-from tdxupdate.uploader import UploadResult, decode_kernel_error
+from tdxupdate.kernel_errors import decode_kernel_error
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.uploader import UploadResult
 
 #: The outcome of an interruption that came before the first write: nothing reached the
 #: kernel, nothing is recorded, the run ends as interrupted.
