@@ -545,8 +545,12 @@ def _simulation(settings: Settings, profile: str) -> Iterator[Settings]:
     from tdxupdate.sim import simulated_host
 
     cache = (settings.cache_dir or default_cache_dir()) / "sim"
+    from tdxupdate.sim.mount import require_fuse
     from tdxupdate.sim.repo import is_cached
 
+    # Without FUSE there is nothing to mount: say so in one line, before seconds of key
+    # generation for a sample repository this run could not use.
+    require_fuse()
     if not is_cached(cache):
         _log.notice(
             "--simulate: first run: generating the sample repository (an RSA-3072 key and "

@@ -128,3 +128,24 @@ def test_debian_installs_the_contrib_units_themselves() -> None:
             pytest.skip("no debian/ directory in this tree")
         # a symlink in the repository, a copy in an sdist: either way the same unit
         assert unit.read_bytes() == (ROOT / "contrib" / "systemd" / name).read_bytes()
+
+
+def test_simulate_without_fuse_is_one_line_and_generates_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The installed Debian package has no mfusepy: --simulate fails at once with the one
+    line saying what to install (69, fuse-unavailable), before generating a sample repository."""
+    from tdxupdate.cli import main
+
+    monkeypatch.setattr(
+        mount, "fuse_problem", lambda: "the Python package mfusepy is not installed"
+    )
+    cache = tmp_path / "cache"
+    code = main(["--simulate", "--status", "--json", "--cache-dir", str(cache)])
+    out, err = capsys.readouterr()
+    assert code == 69
+    assert json.loads(out)["error"]["code"] == "fuse-unavailable"
+    assert err.splitlines() == [
+        "tdxupdate: FUSE is unavailable: the Python package mfusepy is not installed"
+    ]
+    assert not (cache / "sim").exists()
