@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tdxupdate import log as _log
+from tdxupdate import signals as _signals
 
 #: How much of a command's output is kept (its tail: the error is usually at the end).
 OUTPUT_KEPT = 4096
@@ -95,46 +96,57 @@ def run(phase: str, command: str, timeout: float, env: Mapping[str, str]) -> Hoo
     """Run one hook command to completion (or to ``timeout``) and describe what it did."""
     started = time.monotonic()
     full_env = {**os.environ, **env, "TDXUPDATE_PHASE": phase}
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            start_new_session=True,  # its own process group: a timeout ends all of it
-            close_fds=True,
-        )
-    except OSError as exc:
-        return HookResult(phase, command, None, "", 0.0, error=exc.strerror or str(exc))
     tail = bytearray()
+    proc: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
+    timed_out = False
 
-    def drain() -> None:
+    def drain(fd: int) -> None:
         # Keep only the tail: a chatty command costs at most _OUTPUT_READ bytes of memory.
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
         with contextlib.suppress(OSError):
             while chunk := os.read(fd, 65536):
                 tail.extend(chunk)
                 del tail[:-_OUTPUT_READ]
 
-    reader = threading.Thread(target=drain, name=f"tdxupdate-{phase}-output", daemon=True)
-    reader.start()
-    timed_out = False
     try:
+        # A signal between the fork and the ``finally`` below would leave the command running
+        # with nobody to end it: it is held until the process is known, then raised here.
+        with _signals.critical():
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=full_env,
+                    start_new_session=True,  # its own process group: a timeout ends all of it
+                    close_fds=True,
+                )
+            except OSError as exc:
+                return HookResult(phase, command, None, "", 0.0, error=exc.strerror or str(exc))
+            assert proc.stdout is not None
+            reader = threading.Thread(
+                target=drain,
+                args=(proc.stdout.fileno(),),
+                name=f"tdxupdate-{phase}-output",
+                daemon=True,
+            )
+            reader.start()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(proc)
     finally:
-        if proc.poll() is None:  # interrupted by a signal while waiting: take it down too
-            _kill_group(proc)
-        # the group is gone; a daemon it left holding the pipe must not hold the tool
-        reader.join(timeout=_KILL_GRACE)
-        with contextlib.suppress(OSError):
-            assert proc.stdout is not None
-            proc.stdout.close()
+        if proc is not None:
+            if proc.poll() is None:  # interrupted by a signal: take the command down too
+                _kill_group(proc)
+            # the group is gone; a daemon it left holding the pipe must not hold the tool
+            if reader is not None:
+                reader.join(timeout=_KILL_GRACE)
+            with contextlib.suppress(OSError):
+                assert proc.stdout is not None
+                proc.stdout.close()
     text = bytes(tail).decode("utf-8", "replace")[-OUTPUT_KEPT:]
     return HookResult(
         phase,

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from tdxupdate import history, hooks
+from tdxupdate import history, hooks, signals
 from tdxupdate.cli import main
+from tdxupdate.errors import Interrupted
 from tdxupdate.schemas import load_schema
 from tdxupdate.sim.session import SimHost
 
@@ -74,6 +75,32 @@ def test_a_command_that_cannot_start_is_a_failure(monkeypatch: pytest.MonkeyPatc
     r = hooks.run("pre-update", "true", 10, {})
     assert not r.ok and r.error == "No such file or directory"
     assert "could not be started" in r.describe()
+
+
+def test_a_signal_in_the_instant_the_command_is_spawned_still_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window between the fork and the code that would end the command: a signal there
+    (here delivered the moment ``Popen`` returns) is held, then raised, and the command ends."""
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = real_popen(*args, **kwargs)
+        spawned.append(proc)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, still in here
+        return proc
+
+    monkeypatch.setattr(hooks.subprocess, "Popen", popen_then_signal)
+    restore = signals.install()
+    try:
+        with pytest.raises(Interrupted) as caught:
+            hooks.run("pre-update", "exec sleep 300", 600, {})
+    finally:
+        restore()
+    assert caught.value.signum == signal.SIGTERM
+    (proc,) = spawned
+    assert proc.returncode == -signal.SIGTERM  # ended and reaped, not left to sleep on
 
 
 # --- --update with the commands, against the emulator -------------------------------------------
