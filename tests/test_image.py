@@ -26,29 +26,29 @@ from hypothesis import strategies as st
 
 from tdxupdate.errors import InvalidImage
 from tdxupdate.image import (
-    CHECK_NAMES,
     FORMAT_A,
     FORMAT_A_HEADER,
     FORMAT_B,
     FORMAT_B_HEADER,
     HEAD_SIZE,
-    INTEL_PRODUCTION_SIGNER,
     MAX_IMAGE_SIZE,
     MAX_KERNEL_IMAGE_SIZE,
     MAX_MODULE_PAGES,
     PAGE_SIZE,
     SIGSTRUCT_LAYOUT,
     SIGSTRUCT_SIZE,
-    Check,
     Sigstruct,
-    _compute_signature_check,
-    build,
     checksum16,
-    convert,
-    header_checks,
     inspect,
-    make_sigstruct,
     signed_message,
+)
+from tdxupdate.imagebuild import build, convert, make_sigstruct
+from tdxupdate.imagecheck import (
+    CHECK_NAMES,
+    INTEL_PRODUCTION_SIGNER,
+    Check,
+    _compute_signature_check,
+    header_checks,
     verify,
 )
 from tdxupdate.signing import emsa_pkcs1_v15_sha384
@@ -93,7 +93,7 @@ def failed(image: bytes, **kwargs: object) -> set[str]:
 def sigstruct_for(module: bytes, **kwargs: object) -> bytes:
     key = test_key()
     kwargs.setdefault("cpuid_table", (0x806F8,))
-    return make_sigstruct(module=module, modulus=key.modulus_le(), sign=key.sign, **kwargs)  # type: ignore[arg-type]
+    return make_sigstruct(module=module, key=key, **kwargs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------

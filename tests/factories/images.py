@@ -34,14 +34,13 @@ from tdxupdate.image import (
     DEBUG_BIT,
     FORMAT_A,
     FORMAT_B,
-    INTEL_PRODUCTION_SIGNER,
     PAGE_SIZE,
     SIGSTRUCT_LAYOUT,
-    build,
     checksum16,
-    make_sigstruct,
     signed_message,
 )
+from tdxupdate.imagebuild import build, make_sigstruct
+from tdxupdate.imagecheck import INTEL_PRODUCTION_SIGNER
 from tdxupdate.signing import RsaKey
 from tdxupdate.versions import Version
 
@@ -315,8 +314,7 @@ def make_image(
     module = module_bytes(v, module_pages)
     sigstruct = make_sigstruct(
         module=module,
-        modulus=key.modulus_le(),
-        sign=key.sign,
+        key=key,
         cpuid_table=tuple(cpuids),
         version=v if version_in_sigstruct else None,
         module_type=DEBUG_BIT if debug else 0,
