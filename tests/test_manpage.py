@@ -17,7 +17,7 @@ import pytest
 
 from tdxupdate import __version__, config, imagecheck, metrics, policy
 from tdxupdate import host as _host
-from tdxupdate.cli import command
+from tdxupdate.cli_options import command
 from tdxupdate.errors import EXIT_CODES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
