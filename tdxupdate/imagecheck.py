@@ -12,7 +12,8 @@ works on bytes and does no I/O.
 
 The signature is RSA-3072 PKCS#1 v1.5 over SHA-384 (§4.3; the encoding is
 :func:`tdxupdate.signing.emsa_pkcs1_v15_sha384`); the signer is the SHA-256 of the modulus
-(§4.4), trusted when it is Intel's production key or one of ``--trusted-keys``.
+(§4.4), trusted when the caller's list holds it (:mod:`tdxupdate.keyring`: Intel's production
+key and ``--trusted-keys``).
 """
 
 from __future__ import annotations

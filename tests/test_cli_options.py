@@ -7,6 +7,8 @@ the ``usage`` token (cli-contract.md §1–§2).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,3 +53,17 @@ def test_usage_errors_exit_64(run: Any, args: list[str], message: str | None) ->
         assert res.err_lines == [message]
     res = run(*args, "--json")
     assert res.code == 64 and res.doc["error"]["code"] == "usage"
+
+
+def test_help_and_version_do_not_load_the_completion_code() -> None:
+    # The completion callbacks import click.shell_completion when the shell asks (the
+    # completion tests run that path); every other run is spared its import.
+    code = (
+        "import sys\n"
+        "from tdxupdate.cli import main\n"
+        "for args in (['--version'], ['--help']):\n"
+        "    assert main(args) == 0, args\n"
+        "assert 'click.shell_completion' not in sys.modules, 'imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr

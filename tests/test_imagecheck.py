@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from factories.blobs import EDITS, edited, failed, sigstruct_for, valid_images
+from factories.hosts import build_host_tree
 from factories.images import (
     SIG,
     TAMPERS,
+    Release,
     fix_checksum,
     make_image,
+    mapping_document,
     module_bytes,
     other_key,
     test_key,
     trusted_signers,
+    write_repo,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -446,3 +453,24 @@ def test_every_sigstruct_field_is_covered_beyond_the_checksum() -> None:
         if not failed(bytes(data)) - {"checksum"}:
             unnoticed.append(pos)
     assert unnoticed == []
+
+
+def test_a_listing_never_loads_the_image_writer(tmp_path: Path) -> None:
+    # VerifiedImage.payload imports imagebuild when an update converts; --list never does.
+    root = build_host_tree(tmp_path / "h")
+    images = {"1.5.08": make_image("1.5.08", fmt=FORMAT_A)}
+    releases = [Release("1.5.08", min_seamldr_versions=("1.5.00",))]
+    repo = write_repo(tmp_path / "repo", images, mapping_document(releases))
+    keys = tmp_path / "keys"
+    keys.write_text(test_key().fingerprint + "\n")
+    code = (
+        "import sys\n"
+        "from tdxupdate.cli import main\n"
+        f"rc = main(['--list', '--sysroot', {str(root)!r}, '--repo', {str(repo)!r},"
+        f" '--trusted-keys', {str(keys)!r}, '--cache-dir', {str(tmp_path / 'cache')!r}])\n"
+        "assert rc == 0, rc\n"
+        "assert 'tdxupdate.imagecheck' in sys.modules\n"
+        "assert 'tdxupdate.imagebuild' not in sys.modules, 'imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
