@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from factories.images import make_image, test_key, write_repo  # noqa: E402
 
-from tdxupdate import image, uploader  # noqa: E402
+from tdxupdate import imagebuild, imagecheck, uploader  # noqa: E402
 from tdxupdate.image import FORMAT_A, FORMAT_B  # noqa: E402
 
 MAX_MODULE_PAGES = 496
@@ -72,7 +72,7 @@ def big_image(fmt: int = FORMAT_B) -> bytes:
 def bench_verify() -> None:
     data = big_image()
     trusted = {test_key().fingerprint}
-    t_verify = best_of(lambda: image.verify(data, trusted_signers=trusted))
+    t_verify = best_of(lambda: imagecheck.verify(data, trusted_signers=trusted))
     t_sha = best_of(lambda: hashlib.sha384(data).digest())
     print(
         f"verify: {len(data)} bytes in {t_verify * 1e3:.1f} ms; "
@@ -82,7 +82,7 @@ def bench_verify() -> None:
 
 def bench_convert() -> None:
     data = big_image(FORMAT_A)
-    t_conv = best_of(lambda: image.convert(data, FORMAT_B))
+    t_conv = best_of(lambda: imagebuild.convert(data, FORMAT_B))
     t_copy = best_of(lambda: bytearray(data))
     print(
         f"convert A->B: {t_conv * 1e3:.1f} ms; {t_conv / t_copy:.1f}x a plain copy "
@@ -195,8 +195,8 @@ def bench_memory() -> None:
 
     data = big_image(FORMAT_A)
     tracemalloc.start()
-    v = image.verify(data, trusted_signers={test_key().fingerprint})
-    out = image.convert(data, FORMAT_B)
+    v = imagecheck.verify(data, trusted_signers={test_key().fingerprint})
+    out = imagebuild.convert(data, FORMAT_B)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert v.ok and len(out) > 0

@@ -22,6 +22,7 @@ from tdxupdate import (
     fence,
     history,
     hooks,
+    imagecheck,
     lock,
     outcome,
     preflight,
@@ -29,7 +30,6 @@ from tdxupdate import (
     uploader,
 )
 from tdxupdate import host as _host
-from tdxupdate import image as _image
 from tdxupdate import inventory as _inv
 from tdxupdate.errors import Interrupted, TdxError, TryLater
 from tdxupdate.fwupload import UploadInterface
@@ -53,7 +53,7 @@ class UpdatePlan:
     """Everything the attempt needs, frozen once the decision is made and the image verified."""
 
     #: the one buffer that was verified, and that is converted and streamed
-    verified: _image.VerifiedImage
+    verified: imagecheck.VerifiedImage
     target: Version
     running: Version
     reinstall: bool

@@ -1,22 +1,23 @@
-"""TDX module images: Formats A (0x100) and B (0x200), the sigstruct, verification, conversion.
+"""TDX module images: Formats A (0x100) and B (0x200), the sigstruct, assembly, conversion.
 
-Implements image-formats.md §1–§4 (and kernel-abi.md §4, the kernel's view of the same
-containers). Everything here works on bytes and does no I/O: image files are read (with a
-bound on how much of a file is ever read) by :mod:`tdxupdate.sources.local`.
+Implements image-formats.md §1–§3 (and kernel-abi.md §4, the kernel's view of the same
+containers): the layout of the bytes. The checks of §4 (checksum, SEAMHASH, signature, trusted
+signer, version, debug, cpuid table) and the verified value ``--update`` streams live in
+:mod:`tdxupdate.imagecheck`. Everything here works on bytes and does no I/O: image files are
+read (with a bound on how much of a file is ever read) by :mod:`tdxupdate.sources.local`.
 
 Layout of the work:
 
 * :func:`inspect` parses the header page and the sigstruct from the first ``HEAD_SIZE`` bytes
   and the file size, and raises :class:`~tdxupdate.errors.InvalidImage` (check ``container``)
-  on the first broken container or sigstruct-header rule.
-* :func:`header_checks` runs the checks that need only that parsed head: signature,
-  trusted-signer, version, debug, cpuid-table.
-* :func:`verify` runs every check of §4 over a whole image (one checksum pass, one SHA-384 pass)
-  and never raises; the result lists the checks in :data:`CHECK_NAMES` order.
+  on the first broken container or sigstruct-header rule; :func:`inspect_image` applies the
+  same rules to a whole image, the sigstruct padding beyond the head included.
+* :func:`checksum16` is the 16-bit word sum and :func:`signed_message` the bytes of a sigstruct
+  its signature covers: the two computations over the layout that the checks need.
 * :func:`convert` rewrites A <-> B byte-exactly; :func:`build` and :func:`make_sigstruct`
   assemble images (the emulator and the tests forge their own, signed with their own key).
 
-Rules decided here where the spec leaves room (all documented at the check that applies them):
+Rules decided here where the spec leaves room (all documented at the rule that applies them):
 
 * The sigstruct area after the 2048-byte sigstruct must be zero (Intel's tools write zeros; a
   conversion drops those bytes, so a non-zero pad would be silently lost).
@@ -33,13 +34,10 @@ import functools
 import hashlib
 import struct
 import sys
-from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tdxupdate import verdicts
 from tdxupdate.errors import InvalidImage
-from tdxupdate.signing import SHA384_DIGEST_INFO, emsa_pkcs1_v15_sha384
 from tdxupdate.versions import Version
 
 FORMAT_A = 0x100
@@ -54,17 +52,6 @@ MAX_KERNEL_IMAGE_SIZE = 2_039_808  # merged kernel: 4096 * (1 + 1 + 496)
 MAX_IMAGE_SIZE = PAGE_SIZE * (1 + MAX_SIGSTRUCT_PAGES + MAX_MODULE_PAGES)
 #: The smallest valid image: header page, one sigstruct page, one module page.
 MIN_IMAGE_SIZE = 3 * PAGE_SIZE
-INTEL_PRODUCTION_SIGNER = "c821f41f83e0dc73e272852ffc176bcd9ae1e93a4fccec88772c9b4ff2eaa75f"
-CHECK_NAMES = (
-    "container",
-    "checksum",
-    "seamhash",
-    "signature",
-    "trusted-signer",
-    "version",
-    "debug",
-    "cpuid-table",
-)
 FORMAT_NAMES = {FORMAT_A: "Format A (0x100)", FORMAT_B: "Format B (0x200)"}
 
 MAGIC = b"TDX-BLOB"
@@ -173,7 +160,7 @@ SIGSTRUCT_LAYOUT = _layout(
 
 # Hard sigstruct header values (image-formats.md §4.1): anything else is not a sigstruct
 # P-SEAMLDR accepts, so the image is refused before any signature work.
-_SIGSTRUCT_CONSTANTS = {
+SIGSTRUCT_CONSTANTS = {
     "header_type": 6,
     "header_length": 0xE1,
     "header_version": 0x10000,
@@ -193,21 +180,6 @@ _FORMAT_B_INTS = _int_reader(FORMAT_B_HEADER)
 
 def _hex(value: int, width: int = 0) -> str:
     return f"0x{value:0{width}x}"
-
-
-def _short(digest_hex: str, other_hex: str = "", n: int = 16) -> str:
-    """Abbreviate a hex digest, long enough to show where it differs from ``other_hex``."""
-    if other_hex:
-        common = next(
-            (i for i, (a, b) in enumerate(zip(digest_hex, other_hex, strict=False)) if a != b),
-            min(len(digest_hex), len(other_hex)),
-        )
-        n = max(n, common + 4)
-    return digest_hex if len(digest_hex) <= n else digest_hex[:n] + "…"
-
-
-def _pages(n: int, what: str) -> str:
-    return f"{n} {what} page" + ("" if n == 1 else "s")
 
 
 def _container_error(message: str) -> InvalidImage:
@@ -254,7 +226,7 @@ class Sigstruct:
             raise _container_error(f"sigstruct is {len(raw)} bytes, expected {SIGSTRUCT_SIZE}")
         layout = SIGSTRUCT_LAYOUT
         f = _read_ints(_SIGSTRUCT_INTS, raw)
-        for name, expected in _SIGSTRUCT_CONSTANTS.items():
+        for name, expected in SIGSTRUCT_CONSTANTS.items():
             if f[name] != expected:
                 raise _container_error(
                     f"sigstruct {name} is {_hex(f[name])}, expected {_hex(expected)}"
@@ -313,43 +285,15 @@ class ImageInfo:
         return self.sigstruct_area_size // PAGE_SIZE
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class Verification:
-    info: ImageInfo | None  # None when the container could not be parsed
-    checks: tuple[Check, ...]  # in CHECK_NAMES order
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.ok)
-
-    def check(self, name: str) -> Check:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing the head
 
 
-#: Verdicts kept by the digest of the exact bytes they judge (a head and its size, a sigstruct):
-#: a second look at the same bytes in one process reuses the verdict, and different bytes (an
-#: image replaced between two reads) never meet it. Bounded; cleared when full.
+#: Parsed heads kept by the digest of the exact bytes they describe (a head and its size): a
+#: second look at the same bytes in one process reuses the parse, and different bytes (an image
+#: replaced between two reads) never meet it. Bounded; cleared when full.
 _MEMO_LIMIT = 8192
 _inspected: dict[tuple[bytes, int], ImageInfo] = {}
-_signature_checks: dict[bytes, Check] = {}
 
 
 def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
@@ -408,7 +352,8 @@ def _parse_head(view: memoryview, size: int) -> ImageInfo:
             "the kernel accepts"
         )
     sigstruct = Sigstruct.parse(bytes(view[SIGSTRUCT_OFFSET : SIGSTRUCT_OFFSET + SIGSTRUCT_SIZE]))
-    # Only the part of the padding inside the head is checked here; verify() checks the rest.
+    # Only the part of the padding inside the head is checked here; inspect_image() checks the
+    # rest.
     _check_padding(view, SIGSTRUCT_OFFSET + SIGSTRUCT_SIZE, min(module_offset, HEAD_SIZE))
     return ImageInfo(
         format=fmt,
@@ -531,7 +476,7 @@ def _inspect_format_b(view: memoryview, size: int) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks
+# Computations over the layout
 
 
 def checksum16(data: bytes | bytearray | memoryview) -> int:
@@ -557,418 +502,16 @@ def signed_message(sigstruct_raw: bytes) -> bytes:
     )
 
 
-def _decode_signature(sig: Sigstruct) -> bytes | None:
-    """``sig^e mod n`` as the 384-byte big-endian encoded block, None if it cannot be computed."""
-    n = int.from_bytes(sig.modulus, "little")
-    s = int.from_bytes(sig.signature, "little")
-    # A modulus with a zero top byte would make the block shorter than 384 bytes; P-SEAMLDR
-    # keys are full RSA-3072, so anything else is refused rather than reinterpreted.
-    if n.bit_length() <= 8 * (RSA_KEY_BYTES - 1) or n % 2 == 0 or not 0 < s < n:
-        return None
-    return pow(s, sig.exponent, n).to_bytes(RSA_KEY_BYTES, "big")
-
-
-def _expected_block(sig: Sigstruct) -> bytes:
-    return emsa_pkcs1_v15_sha384(signed_message(sig.raw), RSA_KEY_BYTES)
-
-
-def _signature_check(sig: Sigstruct, *, reuse_verdicts: bool = True) -> Check:
-    """The RSA verdict on one sigstruct; computed once per distinct sigstruct per process.
-
-    While listing, a success :mod:`tdxupdate.verdicts` holds for these exact sigstruct bytes
-    (modulus and signature included) stands in for the computation. Such a verdict is never put
-    in the process memo: only a computed verdict is, so whatever runs after the listing in this
-    process (``--update``'s full verification) computes its own.
-    """
-    key = hashlib.sha384(sig.raw).digest()
-    check = _signature_checks.get(key)
-    if check is not None:
-        return check
-    store = verdicts.current() if reuse_verdicts else None
-    if store is not None and store.known("signature", sig.raw, sig.modulus, sig.signature):
-        return _signature_ok(_expected_block(sig))
-    check = _compute_signature_check(sig)
-    _remember(_signature_checks, key, check)
-    if store is not None and check.ok:
-        store.add("signature", sig.raw, sig.modulus, sig.signature)
-    return check
-
-
-def _signature_ok(expected: bytes) -> Check:
-    message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
-    return Check(
-        "signature",
-        True,
-        f"RSA-3072 PKCS#1 v1.5 SHA-384 signature verifies over the sigstruct "
-        f"(SHA-384 {_short(message_digest)})",
-    )
-
-
-def _compute_signature_check(sig: Sigstruct) -> Check:
-    expected = _expected_block(sig)
-    message_digest = expected[-48:].hex()  # SHA-384 of signed_message()
-    em = _decode_signature(sig)
-    if em == expected:
-        return _signature_ok(expected)
-    if em is None:
-        detail = (
-            "signature cannot be checked: the modulus is not an odd 3072-bit number or the "
-            "signature value is not below it"
-        )
-    elif em[:-48] == expected[:-48]:
-        # A well-formed block over another message: show both digests.
-        signed_digest = em[-48:].hex()
-        detail = (
-            f"signature mismatch: the signature is over SHA-384 "
-            f"{_short(signed_digest, message_digest)}, the sigstruct hashes to "
-            f"{_short(message_digest, signed_digest)}"
-        )
-    else:
-        detail = (
-            "signature mismatch: it does not decode to a PKCS#1 v1.5 SHA-384 block under "
-            f"the sigstruct's modulus (signer {_short(sig.signer)}); the sigstruct hashes to "
-            f"{_short(message_digest)}"
-        )
-    return Check("signature", False, detail)
-
-
-def _normalise_signers(trusted_signers: Collection[str]) -> frozenset[str]:
-    return frozenset(s.strip().lower() for s in trusted_signers)
-
-
-def _trusted_signer_check(sig: Sigstruct, trusted: frozenset[str]) -> Check:
-    signer = sig.signer
-    if signer in trusted:
-        who = "Intel's production key" if signer == INTEL_PRODUCTION_SIGNER else "a trusted key"
-        return Check("trusted-signer", True, f"signed by {signer} ({who})")
-    known = ", ".join(_short(s, n=8) for s in sorted(trusted)) or "none"
-    return Check(
-        "trusted-signer",
-        False,
-        f"signed by {signer} which is not a trusted key (trusted: {known})",
-    )
-
-
-def _version_check(sig: Sigstruct, expected: Version | None) -> Check:
-    carried = sig.version
-    if carried is None:
-        against = f"; {expected} cannot be cross-checked" if expected is not None else ""
-        return Check(
-            "version",
-            True,
-            f"the image does not carry its version (sigstruct bytes 1000–1003 are zero){against}",
-        )
-    if expected is None:
-        return Check("version", True, f"sigstruct carries {carried}; no expected version given")
-    if carried != expected:
-        return Check(
-            "version",
-            False,
-            f"version mismatch: the sigstruct carries {carried}, expected {expected} "
-            "(file name or mapping entry)",
-        )
-    return Check("version", True, f"sigstruct carries {carried}, as expected")
-
-
-def _debug_check(sig: Sigstruct, allow_debug: bool) -> Check:
-    module_type = _hex(sig.module_type, 8)
-    if not sig.is_debug:
-        return Check("debug", True, f"production-signed (module_type {module_type})")
-    if allow_debug:
-        return Check("debug", True, f"debug-signed (module_type {module_type}); debug allowed")
-    return Check(
-        "debug",
-        False,
-        f"debug-signed (module_type {module_type}, bit 31 set) and debug modules are not allowed",
-    )
-
-
-def _cpuid_table_check(sig: Sigstruct) -> Check:
-    table = sig.cpuid_table
-    if not table:
-        return Check("cpuid-table", False, "the cpuid table is empty: the module supports no CPU")
-    zero = [i for i, value in enumerate(table) if value == 0]
-    if zero:
-        return Check(
-            "cpuid-table",
-            False,
-            f"cpuid table entry {zero[0]} of {len(table)} is 0, not a CPU signature",
-        )
-    return Check("cpuid-table", True, "supports " + ", ".join(_hex(v) for v in table))
-
-
-def _checksum_check(view: memoryview) -> Check:
-    total = checksum16(view)
-    field = FORMAT_A_HEADER["checksum"].read_int(view)  # at offset 2 in both formats
-    if total == 0:
-        return Check("checksum", True, f"16-bit word sum is 0 (checksum field {_hex(field, 4)})")
-    return Check(
-        "checksum",
-        False,
-        f"checksum mismatch: the 16-bit word sum is {_hex(total, 4)}, must be 0x0000 (the "
-        f"checksum field holds {_hex(field, 4)}, {_hex((field - total) & 0xFFFF, 4)} would "
-        "balance it)",
-    )
-
-
-def header_checks(
-    info: ImageInfo,
-    *,
-    trusted_signers: Collection[str],
-    allow_debug: bool,
-    expected_version: Version | None,
-    reuse_verdicts: bool = True,
-) -> tuple[Check, ...]:
-    """The checks computable from the head alone, in CHECK_NAMES order:
-    signature, trusted-signer, version, debug, cpuid-table.
-
-    ``reuse_verdicts`` False computes the signature whatever :mod:`tdxupdate.verdicts` holds
-    (:func:`verify` always does)."""
-    sig = info.sigstruct
-    return (
-        _signature_check(sig, reuse_verdicts=reuse_verdicts),
-        _trusted_signer_check(sig, _normalise_signers(trusted_signers)),
-        _version_check(sig, expected_version),
-        _debug_check(sig, allow_debug),
-        _cpuid_table_check(sig),
-    )
-
-
-def _container(view: memoryview) -> ImageInfo:
-    """inspect() plus the sigstruct padding beyond the head: every container rule."""
+def inspect_image(view: memoryview) -> ImageInfo:
+    """:func:`inspect` over a whole image plus the sigstruct padding beyond the head: every
+    container rule. Raises InvalidImage (``container``)."""
     info = inspect(view[:HEAD_SIZE], len(view))
     if info.module_offset > HEAD_SIZE:
         _check_padding(view, HEAD_SIZE, info.module_offset)
     return info
 
 
-def verify(
-    data: bytes | bytearray | memoryview,
-    *,
-    trusted_signers: Collection[str],
-    allow_debug: bool = False,
-    expected_version: Version | None = None,
-) -> Verification:
-    """Every check of image-formats.md §4 over a whole image; never raises.
-
-    The data is read once for the checksum and once for SEAMHASH (the module pages only).
-    Checks that need a parsed container are reported failed as "not checked" when the
-    container is invalid.
-    """
-    view = memoryview(data).cast("B")
-    checksum = _checksum_check(view)
-    try:
-        info = _container(view)
-    except InvalidImage as exc:
-        skipped = tuple(
-            Check(name, False, "not checked: the container is invalid") for name in CHECK_NAMES[2:]
-        )
-        return Verification(None, (Check("container", False, exc.message), checksum, *skipped))
-
-    container = Check(
-        "container",
-        True,
-        f"{FORMAT_NAMES[info.format]}, {info.size} bytes: "
-        f"{_pages(info.sigstruct_pages, 'sigstruct')}, {_pages(info.module_pages, 'module')}",
-    )
-    module = view[info.module_offset :]
-    actual = hashlib.sha384(module).hexdigest()
-    stored = info.sigstruct.seamhash.hex()
-    if actual == stored:
-        seamhash = Check(
-            "seamhash",
-            True,
-            f"SEAMHASH {_short(stored)} matches the {info.module_pages} module pages",
-        )
-    else:
-        seamhash = Check(
-            "seamhash",
-            False,
-            f"SEAMHASH mismatch: sigstruct says {_short(stored, actual)}, module hashes to "
-            f"{_short(actual, stored)}",
-        )
-    rest = header_checks(
-        info,
-        trusted_signers=trusted_signers,
-        allow_debug=allow_debug,
-        expected_version=expected_version,
-        reuse_verdicts=False,  # a whole image is judged from its own bytes, always
-    )
-    return Verification(info, (container, checksum, seamhash, *rest))
-
-
-@dataclass(frozen=True)
-class VerifiedImage:
-    """One image read once, every check of §4 run on that one buffer.
-
-    This is the only value ``--update`` streams: its policy facts (cpuid table, debug bit,
-    SEAMSVN, MRSEAM, signer) come from :attr:`verification`, computed on :attr:`data`, and
-    :meth:`payload` converts those same bytes without parsing them again.
-    """
-
-    data: bytes
-    verification: Verification
-    sha256: str
-    location: str
-
-    @property
-    def ok(self) -> bool:
-        return self.verification.ok
-
-    @property
-    def info(self) -> ImageInfo:
-        if self.verification.info is None:
-            raise InvalidImage(f"{self.location}: the container is invalid")
-        return self.verification.info
-
-    @property
-    def mrseam(self) -> str | None:
-        """SHA-384 of the module pages (hex), when the SEAMHASH check found them to match."""
-        if self.verification.info is None or not self.verification.check("seamhash").ok:
-            return None
-        return self.verification.info.sigstruct.seamhash.hex()
-
-    def payload(self, fmt: int) -> bytes:
-        """The bytes to send in format ``fmt``: :attr:`data` itself, or its conversion."""
-        if not self.ok:
-            raise InvalidImage(f"{self.location}: refusing to send an image that failed checks")
-        info = self.info
-        if info.format == fmt:
-            return self.data
-        if fmt not in FORMAT_NAMES:
-            raise ValueError(f"unknown image format {fmt:#x}")
-        return build(info.sigstruct.raw, memoryview(self.data)[info.module_offset :], fmt)
-
-
-def verify_image(
-    data: bytes,
-    *,
-    location: str,
-    trusted_signers: Collection[str],
-    allow_debug: bool = False,
-    expected_version: Version | None = None,
-) -> VerifiedImage:
-    """:func:`verify` over ``data``, kept with the bytes it judged and their SHA-256."""
-    data = bytes(data)
-    verification = verify(
-        data,
-        trusted_signers=trusted_signers,
-        allow_debug=allow_debug,
-        expected_version=expected_version,
-    )
-    return VerifiedImage(data, verification, hashlib.sha256(data).hexdigest(), location)
-
-
-# ---------------------------------------------------------------------------------------------
-# Assembling and converting
-
-
-def _set_checksum(image: bytearray) -> bytearray:
-    image[2:4] = b"\0\0"
-    image[2:4] = ((0x10000 - checksum16(image)) & 0xFFFF).to_bytes(2, "little")
-    return image
-
-
-def _pad(data: bytes, multiple: int = PAGE_SIZE) -> bytes:
-    return bytes(data) + b"\0" * (-len(data) % multiple)
-
-
-def build(sigstruct: bytes, module: bytes | memoryview, fmt: int) -> bytes:
-    """Assemble an image: header, sigstruct padded to one page, module padded to whole pages,
-    checksum. No validation of the parts, so tests can forge broken images with it; Format A
-    uses the published layout (offset_of_module 0x2000)."""
-    if len(sigstruct) > PAGE_SIZE:
-        raise ValueError(f"sigstruct is {len(sigstruct)} bytes, more than one page")
-    module_area = len(module) + (-len(module) % PAGE_SIZE)
-    # One buffer of the final size, filled in place: the image is copied once, not per part.
-    out = bytearray(2 * PAGE_SIZE + module_area)
-    header = out  # the header fields all lie in the first page
-    if fmt == FORMAT_A:
-        layout = FORMAT_A_HEADER
-        layout["offset_of_module"].write(header, 2 * PAGE_SIZE)
-        layout["length"].write(header, len(out))
-    elif fmt == FORMAT_B:
-        layout = FORMAT_B_HEADER
-        layout["sigstruct_nr_pages"].write(header, 1)
-        layout["module_nr_pages"].write(header, module_area // PAGE_SIZE)
-    else:
-        raise ValueError(f"unknown image format {fmt:#x}")
-    layout["version"].write(header, fmt)
-    layout["signature"].write(header, MAGIC)
-    out[PAGE_SIZE : PAGE_SIZE + len(sigstruct)] = sigstruct
-    out[2 * PAGE_SIZE : 2 * PAGE_SIZE + len(module)] = module
-    return bytes(_set_checksum(out))
-
-
-def convert(data: bytes | bytearray | memoryview, fmt: int) -> bytes:
-    """Rewrite an image in format ``fmt`` (image-formats.md §1 "Conversion").
-
-    The sigstruct (its 2048 bytes) and the module pages are copied unchanged, so SEAMHASH and
-    the signature still verify; the header is rebuilt and the checksum recomputed. A→B gives a
-    one-page sigstruct area, B→A offset_of_module 0x2000, so images in the published layout
-    round-trip byte-exactly. The input must be a valid container with a valid checksum
-    (InvalidImage otherwise): a conversion must never turn a damaged image into one whose new
-    checksum hides the damage. The same format returns the input unchanged.
-    """
-    if fmt not in FORMAT_NAMES:
-        raise ValueError(f"unknown image format {fmt:#x}")
-    view = memoryview(data).cast("B")
-    info = _container(view)
-    if (total := checksum16(view)) != 0:
-        raise InvalidImage(
-            f"16-bit word sum is {_hex(total, 4)}, must be 0x0000: refusing to convert a "
-            "damaged image",
-            check="checksum",
-        )
-    if info.format == fmt:
-        return data if isinstance(data, bytes) else bytes(view)
-    return build(info.sigstruct.raw, view[info.module_offset :], fmt)
-
-
-def make_sigstruct(
-    *,
-    module: bytes,
-    modulus: bytes,
-    sign: Callable[[bytes], int],
-    cpuid_table: Sequence[int],
-    version: Version | None = None,
-    module_type: int = 0,
-    date: int = 0x20250101,
-    seamsvn: int = 0x0100,
-    exponent: int = 65537,
-) -> bytes:
-    """A signed 2048-byte sigstruct for ``module`` (image-formats.md §3).
-
-    ``modulus`` is the 384-byte little-endian modulus as stored; ``sign(message)`` returns the
-    RSA signature integer (EMSA-PKCS1-v1_5 SHA-384 of ``message``, raised to d mod n). SEAMHASH
-    is computed over ``module`` padded to whole pages, the bytes :func:`build` stores.
-    """
-    if len(modulus) != RSA_KEY_BYTES:
-        raise ValueError(f"modulus is {len(modulus)} bytes, expected {RSA_KEY_BYTES}")
-    if len(cpuid_table) > MAX_CPUID_ENTRIES:
-        raise ValueError(f"{len(cpuid_table)} cpuid entries, at most {MAX_CPUID_ENTRIES} fit")
-    raw = bytearray(SIGSTRUCT_SIZE)
-    s = SIGSTRUCT_LAYOUT
-    for name, value in _SIGSTRUCT_CONSTANTS.items():
-        s[name].write(raw, value)
-    s["exponent"].write(raw, exponent)
-    s["module_type"].write(raw, module_type)
-    s["date"].write(raw, date)
-    s["modulus"].write(raw, bytes(modulus))
-    s["seamhash"].write(raw, hashlib.sha384(_pad(module)).digest())
-    s["seamsvn"].write(raw, seamsvn)
-    if version is not None:
-        s["version"].write(raw, struct.pack("<HBB", version.update, version.minor, version.major))
-    s["cpuid_table_size"].write(raw, len(cpuid_table))
-    table = struct.pack(f"<{len(cpuid_table)}I", *cpuid_table)
-    s["cpuid_table"].write(raw, table.ljust(4 * MAX_CPUID_ENTRIES, b"\0"))
-    signature = sign(signed_message(bytes(raw)))
-    s["signature"].write(raw, signature.to_bytes(RSA_KEY_BYTES, "little"))
-    return bytes(raw)
-
-
 __all__ = [
-    "CHECK_NAMES",
     "DEBUG_BIT",
     "FORMAT_A",
     "FORMAT_A_HEADER",
@@ -976,7 +519,6 @@ __all__ = [
     "FORMAT_B_HEADER",
     "FORMAT_NAMES",
     "HEAD_SIZE",
-    "INTEL_PRODUCTION_SIGNER",
     "MAGIC",
     "MAX_IMAGE_SIZE",
     "MAX_KERNEL_IMAGE_SIZE",
@@ -984,22 +526,14 @@ __all__ = [
     "MAX_SIGSTRUCT_PAGES",
     "MIN_IMAGE_SIZE",
     "PAGE_SIZE",
-    "SHA384_DIGEST_INFO",
+    "SIGSTRUCT_CONSTANTS",
     "SIGSTRUCT_LAYOUT",
     "SIGSTRUCT_SIZE",
-    "Check",
     "Field",
     "ImageInfo",
     "Sigstruct",
-    "Verification",
-    "VerifiedImage",
-    "build",
     "checksum16",
-    "convert",
-    "header_checks",
     "inspect",
-    "make_sigstruct",
+    "inspect_image",
     "signed_message",
-    "verify",
-    "verify_image",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tdxupdate import attestation, keyring, policy, releases, sources
+from tdxupdate import attestation, imagecheck, keyring, policy, releases, sources
 from tdxupdate import host as _host
 from tdxupdate import image as _image
 from tdxupdate.catalog import Catalog
@@ -234,7 +234,7 @@ def image_facts_from_head(
         info = _image.inspect(head, size)
     except InvalidImage as exc:
         return policy.ImageFacts(ref.location, failures=((exc.check, f"{ref.version}: {exc}"),))
-    checks = _image.header_checks(
+    checks = imagecheck.header_checks(
         info, trusted_signers=trusted, allow_debug=True, expected_version=ref.version
     )
     failures = tuple(
@@ -252,7 +252,7 @@ def image_facts_from_head(
     )
 
 
-def image_facts_from_verified(verified: _image.VerifiedImage) -> policy.ImageFacts:
+def image_facts_from_verified(verified: imagecheck.VerifiedImage) -> policy.ImageFacts:
     """The policy's facts about an image, all taken from the one buffer that was verified
     (and that is the one streamed)."""
     v = verified.verification

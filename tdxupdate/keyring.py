@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tdxupdate import fsio
 from tdxupdate.errors import DataError, NotFound
-from tdxupdate.image import INTEL_PRODUCTION_SIGNER
+from tdxupdate.imagecheck import INTEL_PRODUCTION_SIGNER
 
 _FPR_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 

@@ -39,7 +39,7 @@ REASONS: tuple[str, ...] = (
     "seamsvn-below-minimum",
 )
 
-#: Image check name (image-formats.md §4 / tdxupdate.image.CHECK_NAMES) -> reason token.
+#: Image check name (image-formats.md §4 / tdxupdate.imagecheck.CHECK_NAMES) -> reason token.
 _CHECK_REASON = {
     "container": "image-invalid",
     "checksum": "image-invalid",

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import attestation, policy, releases, sources
+from tdxupdate import attestation, imagecheck, policy, releases, sources
 from tdxupdate import host as _host
-from tdxupdate import image as _image
 from tdxupdate import inventory as _inv
 from tdxupdate.catalog import Catalog
 from tdxupdate.errors import InvalidImage, KernelFailure, TdxError
@@ -118,7 +117,7 @@ def run_reference_values(settings: Settings, report: Report) -> None:
 
 
 def verification_doc(
-    location: str, version: Version | None, v: _image.Verification
+    location: str, version: Version | None, v: imagecheck.Verification
 ) -> VerifiedImageDoc:
     info = v.info
     shown_version = version
@@ -147,12 +146,12 @@ _VERIFY_PRECEDENCE = ("image-invalid", "network-error", "image-not-found")
 _UNREADABLE = frozenset({"image-not-found", "network-error", "io-error"})
 
 
-def _unread(reason: str) -> _image.Verification:
+def _unread(reason: str) -> imagecheck.Verification:
     skipped = tuple(
-        _image.Check(name, False, "not checked: the image could not be read")
-        for name in _image.CHECK_NAMES[1:]
+        imagecheck.Check(name, False, "not checked: the image could not be read")
+        for name in imagecheck.CHECK_NAMES[1:]
     )
-    return _image.Verification(None, (_image.Check("container", False, reason), *skipped))
+    return imagecheck.Verification(None, (imagecheck.Check("container", False, reason), *skipped))
 
 
 def run_verify(settings: Settings, report: Report) -> None:
@@ -168,7 +167,7 @@ def run_verify(settings: Settings, report: Report) -> None:
         read: Callable[[], bytes],
         *,
         keep_going: bool = False,
-        admit: Callable[[_image.VerifiedImage], object] | None = None,
+        admit: Callable[[imagecheck.VerifiedImage], object] | None = None,
     ) -> None:
         code = "image-invalid"
         try:
@@ -183,7 +182,7 @@ def run_verify(settings: Settings, report: Report) -> None:
             code = exc.code
             v = _unread(exc.message)
         else:
-            verified = _image.verify_image(
+            verified = imagecheck.verify_image(
                 data,
                 location=location,
                 trusted_signers=trusted,

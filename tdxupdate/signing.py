@@ -1,6 +1,6 @@
 """Pure-Python RSA for the sigstruct signature (image-formats.md §4.3).
 
-The verifier in :mod:`tdxupdate.image` needs only :func:`emsa_pkcs1_v15_sha384`; the rest
+The verifier in :mod:`tdxupdate.imagecheck` needs only :func:`emsa_pkcs1_v15_sha384`; the rest
 (key generation, signing, JSON) exists so the emulator's sample repository and the tests can
 forge images signed by a key of their own without a crypto library at run time. Nothing here
 is meant to protect a secret: keys are generated for throw-away test repositories.

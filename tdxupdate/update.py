@@ -12,8 +12,7 @@ import contextlib
 import logging
 from dataclasses import replace
 
-from tdxupdate import attestation_report, lock, outcome, policy
-from tdxupdate import image as _image
+from tdxupdate import attestation_report, imagecheck, lock, outcome, policy
 from tdxupdate import inventory as _inv
 from tdxupdate.attempt import (
     Attempt,
@@ -103,7 +102,7 @@ def _plan(settings: Settings, report: Report) -> UpdatePlan | None:
         # again, because the listing judged an earlier read of its head. Only this value is
         # converted and streamed.
         ref = inventory.refs[selected.version]
-        verified = _image.verify_image(
+        verified = imagecheck.verify_image(
             inventory.repo.read(ref),
             location=ref.location,
             trusted_signers=inventory.trusted,
@@ -183,12 +182,12 @@ def _plan(settings: Settings, report: Report) -> UpdatePlan | None:
     )
 
 
-def _verified(report: Report, verified: _image.VerifiedImage, version: Version) -> None:
+def _verified(report: Report, verified: imagecheck.VerifiedImage, version: Version) -> None:
     """The chosen image passed every check: its signer, a log line, the note."""
     assert report.update is not None
     signer = verified.info.sigstruct.signer
     report.update.signer = signer
-    if signer != _image.INTEL_PRODUCTION_SIGNER:
+    if signer != imagecheck.INTEL_PRODUCTION_SIGNER:
         report.warn(
             "non-intel-signer",
             f"{version} is signed by {signer}, not Intel's production key: "

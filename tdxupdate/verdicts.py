@@ -13,7 +13,7 @@ Rules, because a verdict store is a security-relevant input:
 
 * It is used only while listing (``--list``, ``--status``; :func:`listing`). ``--update`` never
   opens it: the chosen image is verified in full every time
-  (:class:`~tdxupdate.image.VerifiedImage`), and its listing stage computes every signature.
+  (:class:`~tdxupdate.imagecheck.VerifiedImage`), and its listing stage computes every signature.
 * Each entry is the SHA-256 of the verdict's kind, the tool version, the digest of the mapping
   schema and the SHA-256 of the exact bytes judged (the mapping file; the sigstruct, its modulus
   and its signature). Different bytes, another tool version or another schema never meet an

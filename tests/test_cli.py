@@ -636,40 +636,6 @@ def test_garbage_version_file_gives_one_line(
 # --- usage ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--status", "--list"], "tdxupdate: choose one action, not --status and --list"),
-        (["--dry-run"], "tdxupdate: --dry-run goes with --update only"),
-        (
-            ["--update", "--allow-reinstall"],
-            "tdxupdate: --allow-reinstall goes with --update VERSION only",
-        ),
-        (
-            ["--update", "1.5"],
-            "tdxupdate: --update: 1.5 is not a version of the form major.minor.update",
-        ),
-        (["--cpu-signature", "zz"], None),
-        (["--no-such-option"], None),
-        (["--timeout", "-1"], None),
-        (["--timeout", "0"], None),
-        (["--timeout", "nan"], None),
-        (["--timeout", "inf"], None),
-        (["--timeout", "-inf"], None),
-        (["--timeout", "soon"], None),
-        (["--image-format", "0x300"], None),
-    ],
-)
-def test_usage_errors_exit_64(run: Any, args: list[str], message: str | None) -> None:
-    res = run(*args)
-    assert res.code == 64
-    assert len(res.err_lines) == 1 and res.err_lines[0].startswith("tdxupdate: ")
-    if message:
-        assert res.err_lines == [message]
-    res = run(*args, "--json")
-    assert res.code == 64 and res.doc["error"]["code"] == "usage"
-
-
 def test_help_and_version_print_text_even_with_json(run: Any) -> None:
     res = run("--help", "--json")
     assert res.code == 0 and "--update [VERSION]" in res.out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tdxupdate import config
-from tdxupdate.cli import command
+from tdxupdate.cli_options import command
 from tdxupdate.errors import TdxError
 from tdxupdate.settings import Settings
 

@@ -44,7 +44,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tdxupdate.errors import TERMINATING_SIGNALS
-from tdxupdate.image import FORMAT_A, FORMAT_B, convert
+from tdxupdate.image import FORMAT_A, FORMAT_B
+from tdxupdate.imagebuild import convert
 from tdxupdate.sim.session import SimHost
 from tdxupdate.uploader import KNOWN_ERROR_TOKENS
 

@@ -9,7 +9,7 @@ from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 
 from tdxupdate import image as _image
-from tdxupdate import inventory, policy
+from tdxupdate import imagecheck, inventory, policy
 from tdxupdate.report import UNSET, Report
 from tdxupdate.settings import Settings
 from tdxupdate.sources import ImageRef
@@ -32,7 +32,7 @@ def test_the_head_and_the_whole_image_give_the_policy_the_same_facts() -> None:
     img = make_image("1.5.09", seamsvn=0x0109)
     ref = ImageRef(Version.parse("1.5.09"), "x")
     head = inventory.image_facts_from_head(ref, img[: _image.HEAD_SIZE], len(img), TRUSTED)
-    verified = _image.verify_image(img, location="x", trusted_signers=TRUSTED)
+    verified = imagecheck.verify_image(img, location="x", trusted_signers=TRUSTED)
     whole = inventory.image_facts_from_verified(verified)
     assert head == whole
     assert (whole.seamsvn, whole.signer, whole.failures) == (0x0109, test_key().fingerprint, ())

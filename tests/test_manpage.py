@@ -15,10 +15,9 @@ from pathlib import Path
 import click
 import pytest
 
-from tdxupdate import __version__, config, metrics, policy
+from tdxupdate import __version__, config, imagecheck, metrics, policy
 from tdxupdate import host as _host
-from tdxupdate import image as _image
-from tdxupdate.cli import command
+from tdxupdate.cli_options import command
 from tdxupdate.errors import EXIT_CODES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +183,7 @@ def test_every_check_name_is_documented() -> None:
     json_section = section("JSON OUTPUT")
     assert [c for c in _host.CHECK_NAMES if roff(c) not in json_section] == []
     verify = section("ACTIONS")
-    assert [c for c in _image.CHECK_NAMES if roff(c) not in verify] == []
+    assert [c for c in imagecheck.CHECK_NAMES if roff(c) not in verify] == []
 
 
 def test_every_configuration_key_is_documented() -> None:

@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from factories.images import make_image, test_key, trusted_signers
 
-from tdxupdate.image import Sigstruct, _compute_signature_check, make_sigstruct, verify
+from tdxupdate.image import Sigstruct
+from tdxupdate.imagebuild import make_sigstruct
+from tdxupdate.imagecheck import _compute_signature_check, verify
 from tdxupdate.signing import (
     SHA384_DIGEST_INFO,
     RsaKey,
@@ -64,9 +66,7 @@ def test_cryptography_signature_verifies_with_the_pure_verifiers() -> None:
     signature = key.sign(message)  # made by cryptography
     assert key.as_rsa_key().public_verify(message, signature)
     assert not key.as_rsa_key().public_verify(message + b"\0", signature)
-    sigstruct = make_sigstruct(
-        module=b"\xcc" * 4096, modulus=key.modulus_le(), sign=key.sign, cpuid_table=(0x806F8,)
-    )
+    sigstruct = make_sigstruct(module=b"\xcc" * 4096, key=key, cpuid_table=(0x806F8,))
     assert _compute_signature_check(Sigstruct.parse(sigstruct)).ok
 
 

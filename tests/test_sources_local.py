@@ -16,7 +16,8 @@ import pytest
 from factories.images import make_image
 
 from tdxupdate.errors import DataError, InvalidImage, NotFound, TdxError
-from tdxupdate.image import HEAD_SIZE, MAX_IMAGE_SIZE, inspect, verify
+from tdxupdate.image import HEAD_SIZE, MAX_IMAGE_SIZE, inspect
+from tdxupdate.imagecheck import verify
 from tdxupdate.sources.local import load_catalog, read_head, read_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "mapping_samples"

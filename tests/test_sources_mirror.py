@@ -44,6 +44,7 @@ from factories.httpserver import (
 from factories.images import make_image, mapping_document, trusted_signers, write_repo
 
 from tdxupdate import image as _image
+from tdxupdate import imagebuild, imagecheck
 from tdxupdate.catalog import Catalog
 from tdxupdate.errors import DataError, IOFailure, NotFound, TdxError, UsageError
 from tdxupdate.image import FORMAT_A, FORMAT_B, HEAD_SIZE, MAX_IMAGE_SIZE
@@ -146,7 +147,7 @@ def fetch(repo: RemoteRepository, ref: ImageRef) -> bytes:
 
 
 def admit(repo: RemoteRepository, ref: ImageRef, data: bytes) -> bool:
-    verified = _image.verify_image(
+    verified = imagecheck.verify_image(
         data, location=ref.location, trusted_signers=(), allow_debug=True
     )
     return repo.admit(ref, verified)
@@ -242,7 +243,7 @@ def test_read_downloads_the_selected_image_once_into_the_content_addressed_store
         mirror.reset_log()
         data = fetch(repo, ref_of(repo, NEWEST))
     assert data == images[NEWEST]
-    assert _image.verify(data, trusted_signers=trusted_signers()).ok
+    assert imagecheck.verify(data, trusted_signers=trusted_signers()).ok
     full = [r for r in mirror.log if r.path == blob(NEWEST)]
     assert [(r.status, r.body_bytes, "range" in r.headers) for r in full] == [
         (200, IMAGE_SIZE, False)
@@ -471,7 +472,7 @@ def test_a_verdict_without_the_integrity_checks_admits_nothing(
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         ref = ref_of(repo, NEWEST)
         data = repo.read(ref)
-        verified = _image.verify_image(data, location=ref.location, trusted_signers=())
+        verified = imagecheck.verify_image(data, location=ref.location, trusted_signers=())
         partial = replace(
             verified,
             verification=replace(
@@ -500,7 +501,7 @@ def test_an_image_failing_integrity_is_returned_for_the_verdict_but_never_cached
         ref = ref_of(repo, NEWEST)
         assert fetch(repo, ref) == broken
         assert fetch(repo, ref) == broken
-    verdict = _image.verify(broken, trusted_signers=trusted_signers())
+    verdict = imagecheck.verify(broken, trusted_signers=trusted_signers())
     assert [c.name for c in verdict.failed] == ["seamhash"]
     assert store(cache_dir, "images") == []
     assert [r.status for r in mirror.requests(blob(NEWEST))] == [200, 200]
@@ -853,7 +854,7 @@ def test_a_renamed_image_reaches_the_callers_version_check_unchanged(
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         listing(repo)
         data = fetch(repo, ref_of(repo, NEWEST))
-    verdict = _image.verify(
+    verdict = imagecheck.verify(
         data, trusted_signers=trusted_signers(), expected_version=Version.parse(NEWEST)
     )
     assert [c.name for c in verdict.failed] == ["version"]
@@ -1189,7 +1190,7 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
         assert image_bytes(server) == 0
         assert {r.status for r in server.requests(suffix=".blob")} <= {304, 404}
         assert state["received_sha256"] == sha(
-            _image.convert(published[path], int(state["uploads"][-1]["format"], 16))
+            imagebuild.convert(published[path], int(state["uploads"][-1]["format"], 16))
         )
         history = (tmp_path / "state" / "history.jsonl").read_text().splitlines()
         assert json.loads(history[-1])["image_sha256"] == sha(published[path])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tdxupdate.cli import command
+from tdxupdate.cli_options import command
 from tdxupdate.errors import EXIT_CODES
 from tdxupdate.settings import DEFAULT_STATE_DIR
 

@@ -41,7 +41,8 @@ from factories.images import Release, make_image, mapping_document, test_key, wr
 from factories.sim import mount_sim
 
 from tdxupdate import __version__, history
-from tdxupdate.image import FORMAT_A, FORMAT_B, convert
+from tdxupdate.image import FORMAT_A, FORMAT_B
+from tdxupdate.imagebuild import convert
 from tdxupdate.sim.session import SimHost
 from tdxupdate.sysroot import Sysroot
 from tdxupdate.uploader import KNOWN_ERROR_TOKENS

@@ -15,7 +15,7 @@ import pytest
 from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 
-from tdxupdate import catalog, config, image, verdicts
+from tdxupdate import catalog, config, image, imagecheck, verdicts
 from tdxupdate.cli import main
 
 SPR = (0x806F8, 0xC06F0)
@@ -37,7 +37,7 @@ class Counters:
         self.rsa = 0
         self.schema = 0
         self.monkeypatch = monkeypatch
-        real_decode = image._decode_signature
+        real_decode = imagecheck._decode_signature
         real_schema = catalog._schema_problems
 
         def decode(sig: image.Sigstruct) -> bytes | None:
@@ -48,12 +48,12 @@ class Counters:
             self.schema += 1
             return real_schema(doc)
 
-        monkeypatch.setattr(image, "_decode_signature", decode)
+        monkeypatch.setattr(imagecheck, "_decode_signature", decode)
         monkeypatch.setattr(catalog, "_schema_problems", schema)
 
     def fresh_process(self) -> None:
         """What a new process starts with: empty memos, counters at zero."""
-        self.monkeypatch.setattr(image, "_signature_checks", {})
+        self.monkeypatch.setattr(imagecheck, "_signature_checks", {})
         self.monkeypatch.setattr(image, "_inspected", {})
         self.rsa = self.schema = 0
 
@@ -249,19 +249,19 @@ def test_full_verification_ignores_the_store_even_while_listing(
     with verdicts.listing(cache) as store:
         assert store is not None
         head = image.inspect(data[: image.HEAD_SIZE], len(data))
-        listed = image.header_checks(
+        listed = imagecheck.header_checks(
             head,
             trusted_signers={test_key().fingerprint},
             allow_debug=False,
             expected_version=None,
         )
-        verified = image.verify_image(
+        verified = imagecheck.verify_image(
             data, location="bad", trusted_signers={test_key().fingerprint}
         )
     assert [c.name for c in verified.verification.failed] == ["signature"]
     assert listed[0].ok  # the head-only listing check is the store's one customer
     # and the listing's borrowed verdict did not reach the process memo
-    assert all(check.ok is False for check in image._signature_checks.values())
+    assert all(check.ok is False for check in imagecheck._signature_checks.values())
 
 
 def test_a_verdict_for_other_bytes_cannot_make_a_bad_signature_eligible(

@@ -23,9 +23,10 @@ from factories.images import Release, make_image, mapping_document, test_key, wr
 from factories.sim import mount_sim
 
 from tdxupdate import image as _image
-from tdxupdate import policy, releases, sources
+from tdxupdate import imagebuild, imagecheck, policy, releases, sources
 from tdxupdate.cli import main
-from tdxupdate.image import FORMAT_A, FORMAT_B, convert
+from tdxupdate.image import FORMAT_A, FORMAT_B
+from tdxupdate.imagebuild import convert
 from tdxupdate.sim.session import SimHost
 from tdxupdate.versions import Version
 
@@ -148,10 +149,10 @@ def test_one_update_parses_checksums_and_rsa_checks_the_chosen_image_once(
     target = files[TARGET]
     expected = convert(target, FORMAT_B)
     _image._inspected.clear()
-    _image._signature_checks.clear()
+    imagecheck._signature_checks.clear()
     counts = {"parse": 0, "checksum": 0, "rsa": 0}
     real_parse, real_checksum = _image._parse_head, _image.checksum16
-    real_rsa = _image._compute_signature_check
+    real_rsa = imagecheck._compute_signature_check
 
     def parse(view: memoryview, size: int) -> _image.ImageInfo:
         if bytes(view[:64]) == target[:64]:
@@ -163,15 +164,16 @@ def test_one_update_parses_checksums_and_rsa_checks_the_chosen_image_once(
             counts["checksum"] += 1
         return real_checksum(data)
 
-    def rsa(sig: _image.Sigstruct) -> _image.Check:
+    def rsa(sig: _image.Sigstruct) -> imagecheck.Check:
         if sig.raw == _image.inspect(target[: _image.HEAD_SIZE], len(target)).sigstruct.raw:
             counts["rsa"] += 1
         return real_rsa(sig)
 
     with host(tmp_path, sim_cache, repo) as h:
         monkeypatch.setattr(_image, "_parse_head", parse)
-        monkeypatch.setattr(_image, "checksum16", checksum)
-        monkeypatch.setattr(_image, "_compute_signature_check", rsa)
+        for module in (_image, imagecheck, imagebuild):  # every module that sums an image
+            monkeypatch.setattr(module, "checksum16", checksum)
+        monkeypatch.setattr(imagecheck, "_compute_signature_check", rsa)
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update")
         assert code == 0 and doc["changed"] is True, doc
         received = h.received()
@@ -208,7 +210,7 @@ def table_for_test_key(entries: dict[str, tuple[int, bytes]]) -> releases.Releas
 def facts(img: bytes) -> policy.ImageFacts:
     from tdxupdate import inventory
 
-    verified = _image.verify_image(img, location="x", trusted_signers=[test_key().fingerprint])
+    verified = imagecheck.verify_image(img, location="x", trusted_signers=[test_key().fingerprint])
     return inventory.image_facts_from_verified(verified)
 
 
@@ -261,7 +263,7 @@ def test_an_unpinned_image_may_not_go_below_the_running_seamsvn() -> None:
 
 def test_intels_table_holds_every_published_release_and_its_full_digests() -> None:
     table = releases.intel_releases()
-    assert table.signer == _image.INTEL_PRODUCTION_SIGNER
+    assert table.signer == imagecheck.INTEL_PRODUCTION_SIGNER
     assert len(table.releases) == 19
     assert table.get(Version.parse("1.5.08")) == releases.PublishedRelease(
         Version.parse("1.5.08"), 0x0107, table.releases[Version.parse("1.5.08")].mrseam

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from tdxupdate.errors import TdxError, UsageError
-from tdxupdate.image import INTEL_PRODUCTION_SIGNER
+from tdxupdate.imagecheck import INTEL_PRODUCTION_SIGNER
 from tdxupdate.sim.config import SimConfig
 from tdxupdate.sim.mount import require_fuse, start_daemon, unmount
 from tdxupdate.sim.profiles import PROFILES, get_profile

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tdxupdate.host import format_cpu_list
-from tdxupdate.image import INTEL_PRODUCTION_SIGNER
+from tdxupdate.imagecheck import INTEL_PRODUCTION_SIGNER
 from tdxupdate.sim.faults import parse_fault
 from tdxupdate.versions import Version
 

@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tdxupdate.image import FORMAT_A, FORMAT_B, build, make_sigstruct
+from tdxupdate.image import FORMAT_A, FORMAT_B
+from tdxupdate.imagebuild import build, make_sigstruct
 from tdxupdate.signing import RsaKey, generate_key
 from tdxupdate.versions import Version
 
@@ -96,8 +97,7 @@ def synthesize_image(
     body = module if module is not None else synthetic_module(v, module_pages)
     sigstruct = make_sigstruct(
         module=body,
-        modulus=key.modulus_le(),
-        sign=key.sign,
+        key=key,
         cpuid_table=list(cpuid_table),
         version=v if declare_version else None,
         module_type=DEBUG_BIT if debug else 0,

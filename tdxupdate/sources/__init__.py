@@ -10,7 +10,7 @@ A repository has Intel's layout (reference-tool.md, image-formats.md §1):
   (:mod:`~tdxupdate.sources.cache`), over :mod:`~tdxupdate.sources.http`. Imported only when a
   URL asks for it, so local runs never import ``requests``.
 
-Nothing here verifies an image: the caller judges the bytes (``image.verify_image``) and hands
+Nothing here verifies an image: the caller judges the bytes (``imagecheck.verify_image``) and hands
 its verdict back through :meth:`Repository.admit`, which is what a cache keeps.
 """
 

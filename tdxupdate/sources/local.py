@@ -19,7 +19,7 @@ from tdxupdate.sources.refs import BLOB_RE, MAPPING_NAME, ImageRef, blob_relpath
 from tdxupdate.versions import Version
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tdxupdate.image import VerifiedImage
+    from tdxupdate.imagecheck import VerifiedImage
 
 
 class LocalRepository:

@@ -25,7 +25,7 @@ What enters the cache, and who decides: a body enters the cache only when it has
 announced length and, for an image, when the caller's verdict on those very bytes says the checks
 of image-formats.md §4 that do not depend on local policy passed (container, checksum, SEAMHASH,
 RSA signature): ``--update`` and ``--verify`` verify what :meth:`read` returned
-(``image.verify_image``) and hand the :class:`~tdxupdate.image.VerifiedImage` to
+(``imagecheck.verify_image``) and hand the :class:`~tdxupdate.imagecheck.VerifiedImage` to
 :meth:`RemoteRepository.admit`, which stores the bytes it served when the verdict's digest is
 theirs. Nothing here verifies an image. :meth:`read` also returns an image that fails those
 checks (never cached), so the caller reports precisely which check failed and ``--update`` moves
@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from tdxupdate import catalog as _catalog
@@ -68,6 +68,9 @@ from tdxupdate.sources.http import (
 from tdxupdate.sources.local import LocalRepository, load_catalog
 from tdxupdate.sources.refs import MAPPING_NAME, ImageRef, blob_relpath, local_path
 from tdxupdate.versions import Version
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.imagecheck import VerifiedImage
 
 #: Checks whose verdict decides whether an image enters the cache (image-formats.md §4.1–§4.3):
 #: facts about the bytes themselves, independent of the trust list and the host. The caller
@@ -350,7 +353,7 @@ class RemoteRepository:
             resp.body, sha256_hex(resp.body), resp.etag, resp.last_modified
         )
 
-    def admit(self, ref: ImageRef, verified: _image.VerifiedImage) -> bool:
+    def admit(self, ref: ImageRef, verified: VerifiedImage) -> bool:
         """Cache the whole image served for ``ref`` in this run, given the caller's verdict on it.
 
         ``verified`` must judge exactly the bytes served (its SHA-256 is compared; what is
@@ -424,7 +427,7 @@ class RemoteRepository:
 
         A downloaded image is not cached yet: the caller verifies it and hands its verdict to
         :meth:`admit`. An image that fails the integrity checks is returned too (the caller's
-        ``image.verify`` then names the failed check) and is never cached.
+        ``imagecheck.verify`` then names the failed check) and is never cached.
         """
         if self.local is not None:
             return self.local.read(ref)

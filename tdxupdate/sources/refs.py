@@ -18,7 +18,7 @@ from tdxupdate.versions import Version
 
 if TYPE_CHECKING:  # pragma: no cover
     from tdxupdate.catalog import Catalog
-    from tdxupdate.image import VerifiedImage
+    from tdxupdate.imagecheck import VerifiedImage
 
 BLOB_RE = re.compile(r"^tdx_module_(\d+\.\d+\.\d+)\.blob$")
 MAPPING_NAME = "mapping_file.json"

@@ -22,10 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz.budget import budget
-from tdxupdate import image
+from tdxupdate import image, imagebuild, imagecheck
 from tdxupdate.errors import InvalidImage
 from tdxupdate.image import (
-    CHECK_NAMES,
     FORMAT_A,
     FORMAT_A_HEADER,
     FORMAT_B,
@@ -36,8 +35,8 @@ from tdxupdate.image import (
     SIGSTRUCT_OFFSET,
     SIGSTRUCT_SIZE,
     Field,
-    Verification,
 )
+from tdxupdate.imagecheck import CHECK_NAMES, Verification
 
 pytestmark = pytest.mark.fuzz
 
@@ -122,7 +121,7 @@ def signed_parts(data: bytes, module_offset: int) -> tuple[bytes, bytes]:
 @given(mutated_images())
 @budget(brief=60, long=4000)
 def test_verify_judges_every_mutation_with_the_documented_checks(m: Mutated) -> None:
-    v = image.verify(m.data, trusted_signers=trusted_signers())
+    v = imagecheck.verify(m.data, trusted_signers=trusted_signers())
     assert isinstance(v, Verification)
     assert tuple(c.name for c in v.checks) == CHECK_NAMES
     assert all(c.detail and "\n" not in c.detail for c in v.checks)
@@ -150,14 +149,14 @@ def test_inspect_and_convert_raise_only_invalid_image(m: Mutated) -> None:
         assert 0 < info.module_offset <= len(m.data)
     other = FORMAT_B if m.fmt == FORMAT_A else FORMAT_A
     try:
-        converted = image.convert(m.data, other)
+        converted = imagebuild.convert(m.data, other)
     except InvalidImage as exc:
         assert exc.check in CHECK_NAMES and exc.code == "image-invalid"
         assert exc.message and "\n" not in exc.message
     else:
         # The sigstruct and module travel unchanged: the verdict on them does not change.
-        before = image.verify(m.data, trusted_signers=trusted_signers())
-        after = image.verify(converted, trusted_signers=trusted_signers())
+        before = imagecheck.verify(m.data, trusted_signers=trusted_signers())
+        after = imagecheck.verify(converted, trusted_signers=trusted_signers())
         assert after.check("container").ok
         for name in ("seamhash", "signature", "trusted-signer", "version", "cpuid-table"):
             assert after.check(name).ok == before.check(name).ok, name
@@ -174,4 +173,4 @@ def test_every_single_byte_change_of_the_signed_region_is_refused(fmt: int) -> N
         buf = bytearray(data)
         buf[at] ^= 0x10
         fix_checksum(buf)  # the checksum alone must not be what catches it
-        assert not image.verify(bytes(buf), trusted_signers=trusted_signers()).ok, at
+        assert not imagecheck.verify(bytes(buf), trusted_signers=trusted_signers()).ok, at

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tdxupdate.image import FORMAT_A, FORMAT_B, checksum16, convert
+from tdxupdate.image import FORMAT_A, FORMAT_B, checksum16
+from tdxupdate.imagebuild import convert
 from tdxupdate.sim.repo import SampleRepo
 from tdxupdate.sim.session import SimHost
 

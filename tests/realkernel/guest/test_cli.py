@@ -17,7 +17,8 @@ import pytest
 
 from realkernel.guest import kfw
 from realkernel.guest.conftest import CliRun, UpdateHost
-from tdxupdate.image import FORMAT_A, FORMAT_B, MAX_KERNEL_IMAGE_SIZE, convert
+from tdxupdate.image import FORMAT_A, FORMAT_B, MAX_KERNEL_IMAGE_SIZE
+from tdxupdate.imagebuild import convert
 
 pytestmark = pytest.mark.realkernel
 
