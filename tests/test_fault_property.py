@@ -298,9 +298,11 @@ def test_update_invariants_under_faults_and_signals(hosts: Hosts, repo: Repo, ca
         if records:
             last = records[-1]["result"]
             if last == "success":
-                assert code == 0 and doc["changed"] is True
+                assert code == 0
+                assert doc["changed"] is True
             elif last in RESULT_TOKEN:
-                assert error is not None and error["code"] == RESULT_TOKEN[last], (last, doc)
+                assert error is not None, (last, doc)
+                assert error["code"] == RESULT_TOKEN[last], (last, doc)
             else:
                 assert error is not None, (last, doc)
 
@@ -311,7 +313,8 @@ def test_update_invariants_under_faults_and_signals(hosts: Hosts, repo: Repo, ca
         elif doc.get("fatal"):
             assert after["module_lost"] is True
         elif doc.get("changed"):
-            assert after["module_version"] == TARGET and not after["module_lost"]
+            assert after["module_version"] == TARGET
+            assert not after["module_lost"]
         else:
             assert after["module_lost"] is False
             assert after["module_version"] == RUNNING, (doc, after["uploads"])

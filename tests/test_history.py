@@ -85,7 +85,8 @@ def test_append_then_load_round_trips_every_field(tmp_path: Path) -> None:
     loaded, skipped = load(tmp_path)
     assert skipped == []
     assert loaded == records
-    assert len(lines_of(tmp_path)) == 4 and lines_of(tmp_path)[-1] == b""
+    assert len(lines_of(tmp_path)) == 4
+    assert lines_of(tmp_path)[-1] == b""
 
 
 def test_record_line_is_compact_json_with_contract_keys(tmp_path: Path) -> None:
@@ -306,7 +307,8 @@ def test_format1_fixture_loads_and_reserialises_identically(tmp_path: Path) -> N
         (1, "0x200", "failed"),
         (2, "0x100", "success"),
     ]
-    assert records[0].fatal is False and records[1].fatal is None
+    assert records[0].fatal is False
+    assert records[1].fatal is None
     originals = [json.loads(x) for x in (FIXTURES / "format1.jsonl").read_text().splitlines()]
     assert [r.to_json() for r in records] == originals
 

@@ -146,7 +146,8 @@ def test_discover_hidden_seamldr_attributes(tmp_path: Path) -> None:
         overrides={f"{T}/seamldr_version": None, f"{T}/num_remaining_updates": None},
     )
     host_dir = at(root, T)
-    assert facts.sysfs_layout is None and facts.generation is None
+    assert facts.sysfs_layout is None
+    assert facts.generation is None
     assert facts.module_version == Version(1, 5, 6)
     assert facts.check("seamldr-version").detail == (
         f"neither {host_dir}/seamldr_version nor {host_dir}/seamldr/version exists; "
@@ -552,7 +553,8 @@ def test_discover_random_bytes_in_sysfs_files_never_raise(
     for c in facts.checks:
         assert (c.code is None) == c.ok
         assert c.code is None or c.code in EXIT_CODES
-        assert c.detail and "\n" not in c.detail
+        assert c.detail
+        assert "\n" not in c.detail
     for fact in REQUIRED_FACTS:
         assert (getattr(facts, fact) is None) == (fact in facts.problems), fact
     assert all(isinstance(e, TdxError) for e in facts.problems.values())

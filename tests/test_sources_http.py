@@ -260,8 +260,10 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
     message = caught.value.message
     assert caught.value.code == "network-error"
     prefix = f"{trickling.url}mapping_file.json: gave up after 1 s (the mirror sent "
-    assert message.startswith(prefix) and message.endswith(" bytes in that time)")
-    assert message.isprintable() and "\n" not in message
+    assert message.startswith(prefix)
+    assert message.endswith(" bytes in that time)")
+    assert message.isprintable()
+    assert "\n" not in message
     # the bytes of the chunk the watchdog cut short are counted too
     assert int(message[len(prefix) :].split()[0]) > 0
 

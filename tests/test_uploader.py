@@ -514,7 +514,8 @@ def test_status_unreadable_after_commit_is_io_error_marked_committed(fw: FakeFwU
     assert info.value.message == (
         f"{fw.dir / 'status'}: cannot read the upload status: No such file or directory (ENOENT)"
     )
-    assert interface_written(info.value) and upload_committed(info.value)
+    assert interface_written(info.value)
+    assert upload_committed(info.value)
     assert fw.loading_writes == ["1", "0"]  # never aborted once the kernel owns it
 
 
@@ -522,13 +523,15 @@ def test_failed_attempts_say_how_far_they_got(fw: FakeFwUpload) -> None:
     fw.set("status", "preparing\n")
     with pytest.raises(TryLater) as busy:
         run(fw, image_of(PAGE))
-    assert not interface_written(busy.value) and not upload_committed(busy.value)
+    assert not interface_written(busy.value)
+    assert not upload_committed(busy.value)
 
     fw.set("status", "idle\n")
     fw.commit_failure = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
     with pytest.raises(TryLater) as refused:
         run(fw, image_of(PAGE))
-    assert interface_written(refused.value) and not upload_committed(refused.value)
+    assert interface_written(refused.value)
+    assert not upload_committed(refused.value)
     assert not interface_written(ValueError("unrelated"))
 
 
@@ -567,8 +570,10 @@ def test_signal_before_the_first_write_touches_nothing(
     fw.after_open = open_then_signal
     result = run(fw, image_of(2 * PAGE))
     assert result.interrupted == signal.SIGTERM
-    assert result.touched is False and result.bytes_written == 0
-    assert fw.loading_writes == [] and fw.data_calls == 0
+    assert result.touched is False
+    assert result.bytes_written == 0
+    assert fw.loading_writes == []
+    assert fw.data_calls == 0
     assert sentinel_handlers == []
 
 
