@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from factories.hosts import (
+    HostOptions,
     at,
     build_host_tree,
     copy_as_root,
@@ -450,7 +451,7 @@ def test_discover_cpu_signature_argument_out_of_range_is_usage_error(tmp_path: P
 
 # --------------------------------------------------------------------------- committed samples
 
-SAMPLE_TREES = {
+SAMPLE_TREES: dict[str, HostOptions] = {
     "spr-flat-1.5.06": {"generation": "G5"},
     "spr-seamldr-dir-1.5.06": {"generation": "G3"},
 }
@@ -480,7 +481,7 @@ def _tree(root: Path) -> dict[str, str | bytes]:
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_TREES))
 def test_sample_host_trees_match_the_factory(tmp_path: Path, name: str) -> None:
-    built = build_host_tree(tmp_path / name, **SAMPLE_TREES[name])  # type: ignore[arg-type]
+    built = build_host_tree(tmp_path / name, **SAMPLE_TREES[name])
     assert _tree(SAMPLES / name) == _tree(built)
 
 

@@ -348,18 +348,19 @@ def assert_fails(res: Result, code: int, token: str) -> dict[str, Any]:
     return doc
 
 
-def assert_record(
-    rec: dict[str, Any],
-    repo: Repo,
-    *,
-    result: str,
-    image_format: int,
-    kernel_error: str | None = None,
-    before: int = 8,
-    after: int | None = 8,
-    to: str = TARGET,
-    attempt: int = 1,
-) -> None:
+@dataclass(frozen=True)
+class Attempt:
+    """What one history line of an attempt at ``to`` must say (cli-contract.md §5)."""
+
+    result: str
+    image_format: int
+    kernel_error: str | None = None
+    before: int = 8
+    after: int | None = 8
+    attempt: int = 1
+
+
+def assert_record(rec: dict[str, Any], repo: Repo, expected: Attempt, *, to: str = TARGET) -> None:
     """One history line (cli-contract.md §5)."""
     assert set(HISTORY_FIELDS) <= set(rec), rec
     assert RFC3339_UTC.match(rec["time"]), rec["time"]
@@ -369,15 +370,15 @@ def assert_record(
     assert rec["from_version"] == RUNNING
     assert rec["to_version"] == to
     assert rec["image_sha256"] == repo.sha(to)  # of the file in the repository, not what was sent
-    assert rec["image_format"] == fmt(image_format)
-    assert rec["result"] == result
-    assert rec["kernel_error"] == kernel_error
+    assert rec["image_format"] == fmt(expected.image_format)
+    assert rec["result"] == expected.result
+    assert rec["kernel_error"] == expected.kernel_error
     assert isinstance(rec["duration_s"], int | float)
     assert rec["duration_s"] >= 0
-    assert rec["remaining_before"] == before
-    assert rec["remaining_after"] == after
+    assert rec["remaining_before"] == expected.before
+    assert rec["remaining_after"] == expected.after
     assert rec["tool_version"] == __version__
-    assert rec["attempt"] == attempt
+    assert rec["attempt"] == expected.attempt
 
 
 REFUSED_B = {
@@ -388,11 +389,11 @@ REFUSED_B = {
 
 
 def expect_history(tool: Tool, *expected: dict[str, Any], to: str = TARGET) -> list[dict[str, Any]]:
-    """The history holds exactly these records (fields of :func:`assert_record`), in order."""
+    """The history holds exactly these records (fields of :class:`Attempt`), in order."""
     records = tool.records()
     assert len(records) == len(expected), records
     for rec, want in zip(records, expected, strict=True):
-        assert_record(rec, tool.repo, to=to, **want)
+        assert_record(rec, tool.repo, Attempt(**want), to=to)
     return records
 
 
