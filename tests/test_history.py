@@ -144,8 +144,10 @@ def test_time_helpers_write_rfc3339_utc() -> None:
 @pytest.mark.parametrize("result", sorted(RESULTS))
 def test_every_contract_result_is_writable(tmp_path: Path, result: str) -> None:
     # a pre/post-update command's record belongs to no kernel attempt: attempt 0
-    extra = {"attempt": 0} if result.endswith("-update-failed") else {}
-    append(tmp_path, replace(record(result), **extra))
+    rec = record(result)
+    if result.endswith("-update-failed"):
+        rec = replace(rec, attempt=0)
+    append(tmp_path, rec)
     assert [r.result for r in load(tmp_path).records] == [result]
 
 

@@ -74,7 +74,7 @@ def test_a_command_that_cannot_start_is_a_failure(monkeypatch: pytest.MonkeyPatc
     def refuse(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(2, "No such file or directory")
 
-    monkeypatch.setattr(hooks.subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
     r = hooks.run("pre-update", "true", 10, {})
     assert not r.ok
     assert r.error == "No such file or directory"
@@ -95,7 +95,7 @@ def test_a_signal_in_the_instant_the_command_is_spawned_still_ends_it(
         os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, still in here
         return proc
 
-    monkeypatch.setattr(hooks.subprocess, "Popen", popen_then_signal)
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
     restore = signals.install()
     try:
         with pytest.raises(Interrupted) as caught:

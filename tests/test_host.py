@@ -268,6 +268,7 @@ def test_discover_seamldr_version_eacces_is_permission_denied(
         f"{at(root, T)}/{attribute}: permission denied; the P-SEAMLDR attributes are readable "
         "by root only (mode 0400 since kernel series v4): run as root"
     )
+    assert check.code is not None
     assert EXIT_CODES[check.code] == 77
 
 
@@ -294,7 +295,8 @@ def _checks_as_nobody(root: Path) -> dict[str, list[object]]:
         payload = pipe.read()
     _, wait_status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(wait_status) == 0, "the unprivileged child failed"
-    return json.loads(payload)
+    checks: dict[str, list[object]] = json.loads(payload)
+    return checks
 
 
 def test_discover_as_unprivileged_user_gets_real_eacces_on_0400_attributes() -> None:

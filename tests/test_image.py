@@ -9,6 +9,7 @@ import json
 import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from factories.images import (
@@ -41,6 +42,7 @@ from tdxupdate.image import (
     SIGSTRUCT_LAYOUT,
     SIGSTRUCT_SIZE,
     Check,
+    Field,
     Sigstruct,
     _compute_signature_check,
     build,
@@ -66,7 +68,8 @@ def word_sum(data: bytes) -> int:
     """blob_join.sh's checksum, written independently of checksum16: 16-bit LE words."""
     if len(data) % 2:
         data += b"\0"
-    return sum(struct.unpack(f"<{len(data) // 2}H", data)) & 0xFFFF
+    words: tuple[int, ...] = struct.unpack(f"<{len(data) // 2}H", data)
+    return sum(words) & 0xFFFF
 
 
 def blob_join(sigstruct: bytes, module: bytes) -> bytes:
@@ -102,7 +105,7 @@ def sigstruct_for(module: bytes, **kwargs: object) -> bytes:
 
 
 @pytest.mark.parametrize("layout", [FORMAT_A_HEADER, FORMAT_B_HEADER], ids=["A", "B"])
-def test_header_layout_covers_exactly_one_page(layout: dict) -> None:
+def test_header_layout_covers_exactly_one_page(layout: dict[str, Field]) -> None:
     offset = 0
     for field in layout.values():
         assert field.offset == offset, field.name
@@ -255,7 +258,7 @@ def test_oversized_image_is_refused_before_its_fields() -> None:
 # --------------------------------------------------------------------------------------------
 # One corruption, exactly the checks it targets
 
-CONTAINER_MESSAGES = {
+CONTAINER_MESSAGES: dict[str, str | dict[int, str]] = {
     "empty": "image is 0 bytes, too short to hold a header (4096 bytes)",
     "truncated-head": "image is 100 bytes, shorter than the smallest possible image (12288 "
     "bytes: header, sigstruct and module pages)",
@@ -697,7 +700,9 @@ def _edited(base: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
     size=st.one_of(st.integers(0, 2 * MAX_IMAGE_SIZE), st.sampled_from([12288, 16384])),
 )
 @settings(max_examples=150, deadline=None)
-def test_inspect_raises_only_invalid_image(which: int, edits: list, size: int) -> None:
+def test_inspect_raises_only_invalid_image(
+    which: int, edits: list[tuple[int, int]], size: int
+) -> None:
     data = _edited(_valid_images()[which], edits, None)
     outcome = returned_or_raised(lambda: inspect(data[: min(size, HEAD_SIZE)], size), InvalidImage)
     if isinstance(outcome, InvalidImage):
@@ -720,7 +725,7 @@ def test_inspect_of_random_bytes_raises_only_invalid_image(data: bytes) -> None:
     cut=st.one_of(st.none(), st.integers(0, 20000)),
 )
 @settings(max_examples=200, deadline=None)
-def test_verify_never_raises(which: int, edits: list, cut: int | None) -> None:
+def test_verify_never_raises(which: int, edits: list[tuple[int, int]], cut: int | None) -> None:
     v = verify(_edited(_valid_images()[which], edits, cut), trusted_signers=trusted_signers())
     assert [c.name for c in v.checks] == list(CHECK_NAMES)
     assert (v.info is None) == (not v.checks[0].ok)
@@ -791,12 +796,13 @@ def test_every_sigstruct_field_is_covered_beyond_the_checksum() -> None:
 # Published blobs: the facts agree with what the parser expects
 
 
-def _published() -> list[dict]:
+def _published() -> list[dict[str, Any]]:
     if not PUBLISHED_BLOBS.is_file():
         pytest.fail(
             f"{PUBLISHED_BLOBS} is missing: the tests/data directory is part of the source tree"
         )
-    return json.loads(PUBLISHED_BLOBS.read_text())["blobs"]
+    blobs: list[dict[str, Any]] = json.loads(PUBLISHED_BLOBS.read_text())["blobs"]
+    return blobs
 
 
 def test_published_blobs_are_all_signed_by_intels_production_key() -> None:

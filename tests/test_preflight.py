@@ -28,6 +28,7 @@ def test_discover_busy_status_is_upload_busy(tmp_path: Path) -> None:
         f'{root}/sys/class/firmware/tdx_module/status is "transferring", not "idle": another '
         "upload is in progress; try again when it finishes"
     )
+    assert check.code is not None
     assert EXIT_CODES[check.code] == 75
 
 
@@ -149,4 +150,5 @@ def test_permission_denied_is_permanent(tmp_path: Path) -> None:
 def test_update_preflight_error_is_first_failure() -> None:
     from tdxupdate import update
 
-    assert update.preflight_error is preflight.first_failure
+    # the name update.py imported (not re-exported: read from its globals)
+    assert vars(update)["preflight_error"] is preflight.first_failure

@@ -31,6 +31,7 @@ from factories.httpserver import (
     Body,
     ConnectProxy,
     Drop,
+    Fault,
     MirrorServer,
     Oversize,
     Pass,
@@ -1234,7 +1235,7 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
     sim_cache: Path,
     tuning: Tuning,
     monkeypatch: pytest.MonkeyPatch,
-    faults: list[object] | str,
+    faults: list[Fault] | str,
 ) -> None:
     from tdxupdate.cli import run_action
 
@@ -1247,12 +1248,12 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
         plan = run_action(replace(settings, dry_run=True, cache_dir=tmp_path / "plan-cache"))
         assert plan.error is None, plan.error
         path = "/" + plan.document()["selected"]["path"].removeprefix(server.url)
-        if faults == "impostor":
+        if isinstance(faults, str):  # "impostor"
             other = next(p for p in published if p.endswith(".blob") and p != path)
-            injected: list[object] = [Pass(), Body(published[other])]
+            injected: list[Fault] = [Pass(), Body(published[other])]
         else:
-            injected = [Pass(), *faults]  # type: ignore[list-item]
-        server.inject(path, *injected)  # type: ignore[arg-type]
+            injected = [Pass(), *faults]
+        server.inject(path, *injected)
 
         report = run_action(settings)
         state = sim.state()

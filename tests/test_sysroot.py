@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,12 +119,13 @@ def test_faulty_sysroot_every_operation_can_fail_a_given_number_of_times(
     path = tmp_path / "attr"
     path.write_text("0\n")
     sysroot = FaultySysroot(tmp_path).fail(path, errno.EBUSY, op=op, times=1)
-    action = {
+    actions: dict[str, Callable[[], object]] = {
         "open": lambda: sysroot.read(path),
         "read": lambda: sysroot.read(path),
         "write": lambda: sysroot.write(path, b"1"),
         "stat": lambda: sysroot.stat(path),
-    }[op]
+    }
+    action = actions[op]
     with pytest.raises(OSError, match="Device or resource busy") as info:
         action()
     assert info.value.errno == errno.EBUSY

@@ -502,7 +502,7 @@ def test_dry_run_writes_nothing(tool_for: Callable[[str], Tool], series: str) ->
 
 # --- preflight refusals: nothing written -------------------------------------------------------
 
-PREFLIGHT = {
+PREFLIGHT: dict[str, tuple[dict[str, Any], int]] = {
     "no-remaining-updates": ({"remaining": 0}, 69),
     "cpus-offline": ({"online": "0-5"}, 75),
     "permanent-wins": ({"remaining": 0, "online": "0-5"}, 69),

@@ -15,7 +15,7 @@ import errno
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -196,7 +196,7 @@ def fw(tmp_path: Path) -> FakeFwUpload:
 
 
 @pytest.fixture
-def sentinel_handlers() -> list[int]:
+def sentinel_handlers() -> Iterator[list[int]]:
     """Handlers that must neither run nor be left replaced while the driver has its own."""
     seen: list[int] = []
 
@@ -217,7 +217,7 @@ def image_of(size: int) -> bytes:
     return bytes((i * 7 + i // 251) & 0xFF for i in range(size))
 
 
-def run(fw: FakeFwUpload, image: bytes, **kwargs: object) -> UploadResult:
+def run(fw: FakeFwUpload, image: bytes | bytearray | memoryview, **kwargs: object) -> UploadResult:
     return upload(fw.iface, image, clock=fw.clock, sleep=fw.clock.sleep, **kwargs)  # type: ignore[arg-type]
 
 
@@ -419,13 +419,16 @@ def test_watch_sees_completion_on_the_first_read_after_idle(fw: FakeFwUpload) ->
 
 def test_watch_keeps_going_through_every_stage_and_unknown_status(fw: FakeFwUpload) -> None:
     def stages(fw: FakeFwUpload, size: int) -> None:
+        def show(status: str) -> Callable[[], None]:
+            return lambda: fw.set("status", status + "\n")
+
         for delay, status in (
             (0.002, "preparing"),
             (0.010, "unknown-status"),
             (0.020, "transferring"),
             (0.060, "programming"),
         ):
-            fw.clock.after(delay, lambda s=status: fw.set("status", s + "\n"))
+            fw.clock.after(delay, show(status))
         fw.clock.after(0.100, lambda: fw.finish(size))
 
     fw.on_commit = stages

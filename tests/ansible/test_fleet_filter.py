@@ -19,7 +19,9 @@ def load() -> ModuleType:
     return module
 
 
-def fact(version: str, svn: str | None, mrseam: str | None, plan: dict[str, object]) -> dict:
+def fact(
+    version: str, svn: str | None, mrseam: str | None, plan: dict[str, object]
+) -> dict[str, object]:
     return {"module_version": version, "seamsvn": svn, "mrseam": mrseam, "plan": plan}
 
 

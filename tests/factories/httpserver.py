@@ -487,9 +487,8 @@ class MirrorServer:
         else:
             import json
 
-            obj = (
-                mapping_document(sorted(images, key=Version.parse)) if mapping is None else mapping
-            )
+            versions: list[str] = sorted(images, key=Version.parse)
+            obj = mapping_document(versions) if mapping is None else mapping
             doc = (json.dumps(obj, indent=2) + "\n").encode()
         self.put(prefix + "mapping_file.json", doc)
 

@@ -427,6 +427,7 @@ def write_repo(
         path = blob_path(root, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    doc = mapping_document(sorted(images, key=Version.parse)) if mapping is None else mapping
+    versions: list[str] = sorted(images, key=Version.parse)
+    doc = mapping_document(versions) if mapping is None else mapping
     (root / "mapping_file.json").write_text(json.dumps(doc, indent=2) + "\n")
     return root
