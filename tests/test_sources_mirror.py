@@ -40,6 +40,7 @@ from factories.httpserver import (
     Stall,
     Status,
     ca_bundle,
+    clear_proxy_env,
     with_tuning,
 )
 from factories.images import make_image, mapping_document, trusted_signers, write_repo
@@ -86,8 +87,7 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture
 def mirror(ca: trustme.CA, images: dict[str, bytes]) -> Iterator[MirrorServer]:
-    with MirrorServer(tls=ca) as server:
-        server.put_repo(images)
+    with MirrorServer(tls=ca, repo=images) as server:
         yield server
 
 
@@ -114,11 +114,7 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests talk to 127.0.0.1 directly unless they set a proxy themselves."""
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -538,8 +534,7 @@ def test_offline_uses_what_was_verified_before_and_says_how_old_the_mapping_is(
     tuning: Tuning,
 ) -> None:
     fetched = 1_767_268_800.0  # 2026-01-01T12:00:00Z
-    with MirrorServer(tls=ca) as server:
-        server.put_repo(images)
+    with MirrorServer(tls=ca, repo=images) as server:
         url = server.url
         with open_mirror(server, bundle, cache_dir, tuning, clock=lambda: fetched) as online:
             listing(online)
@@ -694,10 +689,11 @@ def test_tls_without_the_internal_ca_fails_verification_with_a_hint(
 def test_tls_certificate_for_another_host_is_refused(
     ca: trustme.CA, images: dict[str, bytes], bundle: Path, cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer(tls=ca, hostnames=("mirror.example",)) as server:
-        server.put_repo(images)
-        with open_mirror(server, bundle, cache_dir, tuning) as repo:
-            error = _fails(repo)
+    with (
+        MirrorServer(tls=ca, hostnames=("mirror.example",), repo=images) as server,
+        open_mirror(server, bundle, cache_dir, tuning) as repo,
+    ):
+        error = _fails(repo)
     assert error.code == "network-error"
     assert error.message.startswith(
         f"{server.url}mapping_file.json: TLS certificate is not valid for host '127.0.0.1' ("
@@ -899,8 +895,7 @@ def test_an_empty_image_file_gives_an_empty_head_for_inspect_to_refuse(
 def test_plain_http_is_refused_without_allow_insecure_http(
     images: dict[str, bytes], cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as server:
-        server.put_repo(images)
+    with MirrorServer(repo=images) as server:
         with pytest.raises(UsageError) as caught:
             open_mirror(server, None, cache_dir, tuning)
         assert server.log == []
@@ -915,12 +910,13 @@ def test_plain_http_is_refused_without_allow_insecure_http(
 def test_allow_insecure_http_works_and_says_so(
     images: dict[str, bytes], cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as server:
-        server.put_repo(images)
-        with open_mirror(server, None, cache_dir, tuning, allow_insecure_http=True) as repo:
-            listing(repo)
-            assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
-            warnings = dict(repo.warnings)
+    with (
+        MirrorServer(repo=images) as server,
+        open_mirror(server, None, cache_dir, tuning, allow_insecure_http=True) as repo,
+    ):
+        listing(repo)
+        assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
+        warnings = dict(repo.warnings)
     assert warnings == {
         "insecure-http": f"--allow-insecure-http: {server.url}mapping_file.json, {server.url} is "
         "plain http: anyone on the network path can choose which modules are offered (images "
@@ -931,8 +927,7 @@ def test_allow_insecure_http_works_and_says_so(
 def test_a_redirect_from_https_to_plain_http_is_refused(
     mirror: MirrorServer, images: dict[str, bytes], bundle: Path, cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as plain:
-        plain.put_repo(images)
+    with MirrorServer(repo=images) as plain:
         mirror.inject(MAPPING, Redirect(f"{plain.url}mapping_file.json"))
         with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
             error = _fails(repo)

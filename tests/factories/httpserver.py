@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from socketserver import BaseRequestHandler, ThreadingTCPServer
+from socketserver import BaseRequestHandler, BaseServer, ThreadingTCPServer
 from typing import Any
 
 import trustme
@@ -417,23 +417,68 @@ class _Server(ThreadingHTTPServer):
                 self.errors.append(exc)
 
 
-class MirrorServer:
-    """A module mirror on 127.0.0.1 (HTTPS when ``tls`` is a trustme CA). Use as a context."""
+def tls_context(ca: trustme.CA, hostnames: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A server's TLS context: a certificate from ``ca`` for ``hostnames`` (by default
+    127.0.0.1 and localhost)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(hostnames or ("127.0.0.1", "localhost"))).configure_cert(context)
+    return context
 
-    def __init__(self, *, tls: trustme.CA | None = None, hostnames: tuple[str, ...] = ()):
-        context = None
-        if tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            cert = tls.issue_cert(*(hostnames or ("127.0.0.1", "localhost")))
-            cert.configure_cert(context)
-        self._server = _Server(context)
+
+class ServerThread:
+    """Serves ``server`` from a daemon thread between :meth:`start` and :meth:`stop`.
+
+    ``stopping`` is the event the server's handlers watch: it is set first, so a handler that
+    stalls or trickles on purpose gives up and the shutdown does not wait for it.
+    """
+
+    def __init__(self, server: BaseServer, stopping: threading.Event) -> None:
+        self._server, self._stopping = server, stopping
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def clear_proxy_env(monkeypatch: Any) -> None:
+    """Talk to 127.0.0.1 directly and trust only what the test passes: no proxy or CA bundle
+    from the environment."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class MirrorServer:
+    """A module mirror on 127.0.0.1 (HTTPS when ``tls`` is a trustme CA). Use as a context.
+
+    ``repo`` publishes those images at once, as :meth:`put_repo` does.
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: trustme.CA | None = None,
+        hostnames: tuple[str, ...] = (),
+        repo: Mapping[str, bytes] | None = None,
+    ):
+        self._server = _Server(None if tls is None else tls_context(tls, hostnames))
+        self._thread = ServerThread(self._server, self._server.stopping)
         self._clock = EPOCH
         scheme = "https" if tls is not None else "http"
         self.port = self._server.server_address[1]
         self.url = f"{scheme}://127.0.0.1:{self.port}/"
+        if repo is not None:
+            self.put_repo(repo)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -442,10 +487,7 @@ class MirrorServer:
         return self
 
     def stop(self) -> None:
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
     def __enter__(self) -> MirrorServer:
         return self.start()
@@ -623,9 +665,7 @@ class ConnectProxy:
     _server: _ProxyServer = field(default_factory=_ProxyServer)
 
     def __post_init__(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = ServerThread(self._server, self._server.stopping)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
@@ -638,10 +678,7 @@ class ConnectProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
 
 def ca_bundle(ca: trustme.CA, directory: Path) -> Path:
