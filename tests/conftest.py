@@ -20,11 +20,11 @@ def _no_real_verdict_store(_verdict_dir: Path) -> Iterator[None]:
     """A listing without --cache-dir keeps its verdicts here, never in /var/cache/tdxupdate or
     the user's ~/.cache (entries are keyed by content, so one directory serves every test)."""
     real = verdicts.default_dir
-    verdicts.default_dir = lambda: _verdict_dir  # type: ignore[assignment]
+    verdicts.default_dir = lambda: _verdict_dir
     try:
         yield
     finally:
-        verdicts.default_dir = real  # type: ignore[assignment]
+        verdicts.default_dir = real
 
 
 @pytest.fixture(scope="session", autouse=True)

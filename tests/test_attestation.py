@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from factories.cli import Result, runner, validate
 from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, module_bytes, test_key
 from factories.images import write_repo as _write_repo
+from factories.outcome import returned_or_raised
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,8 +38,8 @@ UNPUBLISHED = [r["version"] for r in NOTES if r["seamsvn"] is None]
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Result]]:
-    yield runner(capsys, prefix=("--config", "/dev/null"))
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    return runner(capsys, prefix=("--config", "/dev/null"))
 
 
 def release(version: str) -> Release:
@@ -219,7 +220,8 @@ def test_update_plan_carries_before_and_after_and_flags_no_svn_gain(
         "489e585f",
     )
     assert (doc["to_seamsvn"], doc["to_mrseam"]) == ("0x010d", mrseam_of("1.5.25"))
-    assert doc["svn_gain"] is False and "no-svn-gain" in doc["warnings"]
+    assert doc["svn_gain"] is False
+    assert "no-svn-gain" in doc["warnings"]
     assert doc["selected"]["module_identity"] == "TDX_01"
     assert any("brings no TCB gain" in ln for ln in res.err.splitlines())
     text = run("--update", "--dry-run", *args(tmp_path, "1.5.24", same_svn_repo, keys))
@@ -241,9 +243,11 @@ def test_an_svn_raising_update_is_not_flagged(
 ) -> None:
     repo = write_repo(tmp_path / "repo", {"1.5.28": make_image("1.5.28")}, ["1.5.24", "1.5.28"])
     res = run("--update", "--dry-run", "--json", *args(tmp_path, "1.5.24", repo, keys))
-    assert res.doc["svn_gain"] is True and "no-svn-gain" not in res.doc["warnings"]
+    assert res.doc["svn_gain"] is True
+    assert "no-svn-gain" not in res.doc["warnings"]
     listed = run("--list", "--json", *args(tmp_path, "1.5.24", repo, keys)).doc["candidates"]
-    assert listed[0]["svn_gain"] is True and listed[0]["seamsvn"] == "0x010e"
+    assert listed[0]["svn_gain"] is True
+    assert listed[0]["seamsvn"] == "0x010e"
 
 
 def test_running_version_missing_from_the_mapping_is_said_plainly(
@@ -341,7 +345,8 @@ def test_a_malformed_allowlist_is_config_invalid_and_writes_nothing(
     res = run("--update", "--json", "--allowlist", allow, *argv)
     assert (res.code, res.doc["error"]["code"]) == (78, "config-invalid")
     where = f"{allow}:{line}: " if line is not None else f"{allow}: "
-    assert res.doc["error"]["message"].startswith(where) and words in res.doc["error"]["message"]
+    assert res.doc["error"]["message"].startswith(where)
+    assert words in res.doc["error"]["message"]
     assert res.err.splitlines() == [f"tdxupdate: {res.doc['error']['message']}"]  # one line
     assert not (tmp_path / "state").exists()  # no lock, no history
 
@@ -354,7 +359,8 @@ def test_an_allowlist_others_can_write_is_refused(
     res = run(
         "--list", "--json", "--allowlist", allow, *args(tmp_path, "1.5.24", two_targets, keys)
     )
-    assert res.code == 78 and "writable by group or others" in res.doc["error"]["message"]
+    assert res.code == 78
+    assert "writable by group or others" in res.doc["error"]["message"]
 
 
 def test_a_missing_allowlist_is_66(
@@ -449,7 +455,8 @@ def test_tcb_info_without_the_identity_rates_nothing(
     tcb = write_tcb(tmp_path / "tcb.json", tcb_info({"TDX_03": [(9, "UpToDate")]}))
     res = run("--status", "--json", "--tcb-info", tcb,
               *args(tmp_path, "1.5.24", two_targets, keys))  # fmt: skip
-    assert res.code == 0 and res.doc["tcb"]["running"] is None
+    assert res.code == 0
+    assert res.doc["tcb"]["running"] is None
     text = run("--status", "--tcb-info", tcb, *args(tmp_path, "1.5.24", two_targets, keys)).out
     assert f"  TCB status           not rated ({tcb})" in text
 
@@ -486,7 +493,8 @@ def test_a_malformed_tcb_info_names_the_file_and_line(
     line = int(message.split(":")[1])
     # the line named is where the object holding the bad value starts
     if mutate is _bad_isvsvn:
-        assert text[line - 1].strip() == "{" and '"tcb"' in text[line]
+        assert text[line - 1].strip() == "{"
+        assert '"tcb"' in text[line]
     else:
         assert line == 2
     assert not (tmp_path / "state").exists()
@@ -497,7 +505,8 @@ def test_tcb_info_that_is_not_json_names_the_line(
 ) -> None:
     tcb = operator_file(tmp_path / "tcb.json", '{\n  "tcbInfo": {\n    "id": "TDX",,\n')
     res = run("--list", "--json", "--tcb-info", tcb, *args(tmp_path, "1.5.24", two_targets, keys))
-    assert res.code == 78 and res.doc["error"]["message"].startswith(f"{tcb}:3:")
+    assert res.code == 78
+    assert res.doc["error"]["message"].startswith(f"{tcb}:3:")
 
 
 # --- after a real update: the history and what TDs will report ------------------------------
@@ -532,7 +541,8 @@ def test_an_update_records_and_says_what_running_tds_will_report(
     assert rec["from_seamsvn"] == "0x0106"
     assert rec["from_mrseam"] == BLOBS["1.5.06"]["module_sha384"]
     assert rec["from_mrseam_prefix"] == "5b38e33a"
-    assert rec["seamsvn"] == "0x010d" and len(rec["mrseam"]) == 96
+    assert rec["seamsvn"] == "0x010d"
+    assert len(rec["mrseam"]) == 96
     code = main(["--history", "--json", *argv])
     doc = json.loads(capsys.readouterr().out)
     validate(doc)
@@ -548,10 +558,12 @@ def test_an_update_records_and_says_what_running_tds_will_report(
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300))
 def test_any_allowlist_text_parses_or_is_a_config_error(text: str) -> None:
-    try:
-        parsed = attestation.parse_allowlist(text, Path("/etc/tdxupdate/allow"))
-    except ConfigError as exc:
-        assert exc.code == "config-invalid" and "\n" not in exc.message
+    parsed = returned_or_raised(
+        lambda: attestation.parse_allowlist(text, Path("/etc/tdxupdate/allow")), ConfigError
+    )
+    if isinstance(parsed, ConfigError):
+        assert parsed.code == "config-invalid"
+        assert "\n" not in parsed.message
     else:
         assert parsed.mrseams or parsed.min_seamsvn
 
@@ -571,11 +583,12 @@ _JSON = st.recursive(
 @given(_JSON)
 def test_any_json_parses_as_tcb_info_or_is_a_config_error(doc: object) -> None:
     text = json.dumps(doc, indent=1)
-    try:
-        info = attestation.parse_tcb_info(text, Path("/etc/tdxupdate/tcb.json"))
-    except ConfigError as exc:
-        assert exc.code == "config-invalid"
-        assert all(p.line is None or 1 <= p.line <= text.count("\n") + 1 for p in exc.problems)
+    info = returned_or_raised(
+        lambda: attestation.parse_tcb_info(text, Path("/etc/tdxupdate/tcb.json")), ConfigError
+    )
+    if isinstance(info, ConfigError):
+        assert info.code == "config-invalid"
+        assert all(p.line is None or 1 <= p.line <= text.count("\n") + 1 for p in info.problems)
     else:
         for levels in info.identities.values():
             assert [lv.isvsvn for lv in levels] == sorted(

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ SPR = (0x806F8, 0xC06F0, 0xA06F0)
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    yield runner(capsys)
+def run(capsys: pytest.CaptureFixture[str]) -> Any:
+    return runner(capsys)
 
 
 @pytest.fixture
@@ -92,7 +91,8 @@ def test_status_reports_every_generation(run: Any, tmp_path: Path, generation: s
     res = run("--json", "--sysroot", root, "--repo", tmp_path / "none")
     assert res.code == 0
     host = res.doc["host"]
-    assert host["module_version"] == "1.5.06" and host["seamldr_version"] == "1.5.00"
+    assert host["module_version"] == "1.5.06"
+    assert host["seamldr_version"] == "1.5.00"
     assert host["sysfs_layout"] == ("flat" if generation in ("G4", "G5") else "seamldr-dir")
     assert host["image_format"] == ("0x200" if generation in ("G4", "G5") else "0x100")
     assert host["image_format_fallback"] == ("0x100" if generation == "G4" else None)
@@ -108,7 +108,8 @@ def test_status_reports_every_generation(run: Any, tmp_path: Path, generation: s
         "erratum-seamret-invd-vmcs",
     ]
     assert all(c["ok"] for c in host["checks"])
-    assert res.doc["action"] == "status" and res.doc["ok"] is True
+    assert res.doc["action"] == "status"
+    assert res.doc["ok"] is True
 
 
 def test_status_is_the_default_action_and_prints_pass_fail(run: Any, tmp_path: Path) -> None:
@@ -116,7 +117,8 @@ def test_status_is_the_default_action_and_prints_pass_fail(run: Any, tmp_path: P
     res = run("--sysroot", root, "--repo", tmp_path / "none")
     assert res.code == 0  # failing checks are in the report, not in the exit code
     assert "  module version       1.5.06" in res.out
-    assert "FAIL  remaining-updates" in res.out and "FAIL  cpus-online" in res.out
+    assert "FAIL  remaining-updates" in res.out
+    assert "FAIL  cpus-online" in res.out
     assert "PASS  tdx-host" in res.out
     assert res.err == ""
 
@@ -125,14 +127,17 @@ def test_status_without_tdx_host_exits_69(run: Any, tmp_path: Path) -> None:
     (tmp_path / "empty" / "sys").mkdir(parents=True)
     res = run("--json", "--sysroot", tmp_path / "empty")
     assert res.code == 69
-    assert res.doc["error"]["code"] == "no-tdx-host" and res.doc["ok"] is False
-    assert len(res.err_lines) == 1 and res.err_lines[0].startswith("tdxupdate: ")
+    assert res.doc["error"]["code"] == "no-tdx-host"
+    assert res.doc["ok"] is False
+    assert len(res.err_lines) == 1
+    assert res.err_lines[0].startswith("tdxupdate: ")
 
 
 def test_status_on_g1_is_unsupported_kernel(run: Any, tmp_path: Path) -> None:
     root = build_host_tree(tmp_path / "h", generation="G1")
     res = run("--json", "--sysroot", root)
-    assert res.code == 69 and res.doc["error"]["code"] == "unsupported-kernel"
+    assert res.code == 69
+    assert res.doc["error"]["code"] == "unsupported-kernel"
 
 
 def test_cpu_signature_override(run: Any, tmp_path: Path) -> None:
@@ -145,7 +150,8 @@ def test_cpu_signature_override(run: Any, tmp_path: Path) -> None:
 def test_image_format_override_disables_the_fallback(run: Any, tmp_path: Path) -> None:
     root = build_host_tree(tmp_path / "h", generation="G4")
     host = run("--json", "--sysroot", root, "--image-format", "0x100").doc["host"]
-    assert host["image_format"] == "0x100" and host["image_format_fallback"] is None
+    assert host["image_format"] == "0x100"
+    assert host["image_format_fallback"] is None
 
 
 # --- --list -----------------------------------------------------------------------------------
@@ -166,7 +172,9 @@ def test_list_explains_every_candidate(
     }
     assert [c["version"] for c in res.doc["candidates"]] == sorted(got, reverse=True)
     c24 = next(c for c in res.doc["candidates"] if c["version"] == "1.5.24")
-    assert c24["eligible"] and c24["image_format"] == "0x200" and c24["debug"] is False
+    assert c24["eligible"]
+    assert c24["image_format"] == "0x200"
+    assert c24["debug"] is False
     assert c24["path"].endswith("joined_files/1.5/tdx_module_1.5.24.blob")
 
 
@@ -216,7 +224,8 @@ def test_list_with_allow_debug(
 ) -> None:
     res = run("--list", "--json", "--allow_debug", *base(host, repo, keys, tmp_path))
     c28 = next(c for c in res.doc["candidates"] if c["version"] == "1.5.28")
-    assert c28["eligible"] and c28["debug"] is True
+    assert c28["eligible"]
+    assert c28["debug"] is True
 
 
 def test_list_not_in_mapping_and_image_missing(
@@ -231,7 +240,8 @@ def test_list_not_in_mapping_and_image_missing(
     got = {c["version"]: c for c in res.doc["candidates"]}
     assert got["1.5.08"]["reasons"] == ["not-in-mapping"]
     assert got["1.5.09"]["reasons"] == ["image-missing"]
-    assert got["1.5.09"]["path"] is None and got["1.5.09"]["debug"] is None
+    assert got["1.5.09"]["path"] is None
+    assert got["1.5.09"]["debug"] is None
 
 
 @pytest.mark.parametrize(
@@ -277,7 +287,8 @@ def test_list_renamed_image_is_image_invalid(
     res = run("--list", "--json", *base(host, repo, keys, tmp_path))
     (c,) = res.doc["candidates"]
     assert c["reasons"] == ["image-invalid"]
-    assert "1.5.08" in c["details"][0] and "1.5.09" in c["details"][0]
+    assert "1.5.08" in c["details"][0]
+    assert "1.5.09" in c["details"][0]
 
 
 def test_list_exits_69_when_module_version_unreadable(run: Any, tmp_path: Path, repo: Path) -> None:
@@ -285,7 +296,8 @@ def test_list_exits_69_when_module_version_unreadable(run: Any, tmp_path: Path, 
         tmp_path / "h", overrides={"/sys/devices/faux/tdx_host/version": "garbage"}
     )
     res = run("--list", "--json", "--sysroot", root, "--repo", repo)
-    assert res.code == 69 and res.doc["error"]["code"] == "version-unreadable"
+    assert res.code == 69
+    assert res.doc["error"]["code"] == "version-unreadable"
     assert "garbage" in res.doc["error"]["message"]
 
 
@@ -297,13 +309,15 @@ def test_list_exits_77_when_seamldr_version_is_root_only(
     root = build_host_tree(tmp_path / "h", generation="G5")
     fail_reads(monkeypatch, root, {"/sys/devices/faux/tdx_host/seamldr_version": errno.EACCES})
     res = run("--list", "--json", "--sysroot", root, "--repo", repo)
-    assert res.code == 77 and res.doc["error"]["code"] == "permission-denied"
+    assert res.code == 77
+    assert res.doc["error"]["code"] == "permission-denied"
 
 
 def test_list_exits_69_for_non_intel_cpu(run: Any, tmp_path: Path, repo: Path) -> None:
     root = build_host_tree(tmp_path / "h", vendor="AuthenticAMD")
     res = run("--list", "--json", "--sysroot", root, "--repo", repo)
-    assert res.code == 69 and res.doc["error"]["code"] == "cpu-unknown"
+    assert res.code == 69
+    assert res.doc["error"]["code"] == "cpu-unknown"
 
 
 # --- --update --dry-run -----------------------------------------------------------------------
@@ -317,8 +331,10 @@ def test_dry_run_plans_the_newest_eligible_and_writes_nothing(
     assert res.code == 0
     doc = res.doc
     assert doc["selected"]["version"] == "1.5.24"
-    assert doc["dry_run"] is True and doc["changed"] is False
-    assert doc["from_version"] == "1.5.06" and doc["to_version"] == "1.5.24"
+    assert doc["dry_run"] is True
+    assert doc["changed"] is False
+    assert doc["from_version"] == "1.5.06"
+    assert doc["to_version"] == "1.5.24"
     assert "sent as Format B (0x200)" in doc["plan"]
     assert snapshot(host) == before
     assert not (tmp_path / "state").exists()  # no lock, no history
@@ -340,7 +356,8 @@ def test_dry_run_converts_to_the_kernels_format(
 ) -> None:
     g3 = build_host_tree(tmp_path / "g3", generation="G3", module="1.5.06", remaining=2)
     res = run("--update", "1.5.24", "--dry-run", "--json", *base(g3, repo, keys, tmp_path))
-    assert res.code == 0 and "(Format B (0x200)" in res.doc["plan"]
+    assert res.code == 0
+    assert "(Format B (0x200)" in res.doc["plan"]
     assert "sent as Format A (0x100)" in res.doc["plan"]
 
 
@@ -349,7 +366,8 @@ def test_dry_run_format_retry_is_planned_on_pre_7_2_flat_kernels(
 ) -> None:
     g4 = build_host_tree(tmp_path / "g4", generation="G4", module="1.5.06", osrelease="7.1.0-rc1")
     res = run("--update", "--dry-run", "--json", *base(g4, repo, keys, tmp_path))
-    assert res.code == 0 and "retried once as Format A (0x100)" in res.doc["plan"]
+    assert res.code == 0
+    assert "retried once as Format A (0x100)" in res.doc["plan"]
 
 
 def test_explicit_version_not_eligible_exits_65_with_reasons(
@@ -370,7 +388,8 @@ def test_explicit_unknown_version_exits_65(
     run: Any, host: Path, repo: Path, keys: Path, tmp_path: Path
 ) -> None:
     res = run("--update", "1.5.99", "--dry-run", "--json", *base(host, repo, keys, tmp_path))
-    assert res.code == 65 and res.doc["error"]["code"] == "version-unknown"
+    assert res.code == 65
+    assert res.doc["error"]["code"] == "version-unknown"
     assert res.doc["selected"] is None
 
 
@@ -378,7 +397,8 @@ def test_explicit_running_version_is_nothing_to_do(
     run: Any, host: Path, repo: Path, keys: Path, tmp_path: Path
 ) -> None:
     res = run("--update", "1.5.06", "--json", *base(host, repo, keys, tmp_path))
-    assert res.code == 0 and res.doc["changed"] is False
+    assert res.code == 0
+    assert res.doc["changed"] is False
     assert res.doc["to_version"] == "1.5.06"
     assert not (tmp_path / "state" / "history.jsonl").exists()
 
@@ -394,7 +414,8 @@ def test_reinstall_needs_allow_reinstall(
         "--json",
         *base(host, repo, keys, tmp_path),
     )
-    assert res.code == 0 and res.doc["selected"]["version"] == "1.5.06"
+    assert res.code == 0
+    assert res.doc["selected"]["version"] == "1.5.06"
     assert "install 1.5.06 over 1.5.06" in res.doc["plan"]
 
 
@@ -404,7 +425,8 @@ def test_debug_module_needs_allow_debug(
     args = ("--update", "1.5.28", "--dry-run", "--json", *base(host, repo, keys, tmp_path))
     assert run(*args).code == 65
     res = run(*args, "--allow-debug")
-    assert res.code == 0 and res.doc["selected"]["version"] == "1.5.28"
+    assert res.code == 0
+    assert res.doc["selected"]["version"] == "1.5.28"
 
 
 def test_strict_compat(run: Any, host: Path, keys: Path, tmp_path: Path) -> None:
@@ -425,11 +447,13 @@ def test_strict_compat(run: Any, host: Path, keys: Path, tmp_path: Path) -> None
         "--strict-compat",
         *base(host, repo, keys, tmp_path),
     )
-    assert res.code == 65 and res.doc["selected"]["reasons"] == ["not-strict-compatible"]
+    assert res.code == 65
+    assert res.doc["selected"]["reasons"] == ["not-strict-compatible"]
     res = run(
         "--update", "--dry-run", "--json", "--strict-compat", *base(host, repo, keys, tmp_path)
     )
-    assert res.code == 0 and res.doc["selected"]["version"] == "1.5.09"
+    assert res.code == 0
+    assert res.doc["selected"]["version"] == "1.5.09"
 
 
 def test_nothing_eligible_exits_0_and_says_why(
@@ -489,7 +513,8 @@ def test_nothing_to_do_wins_over_preflight_failures(run: Any, tmp_path: Path, ke
         mapping_document(releases("1.5.08")),
     )
     res = run("--update", "--json", *base(root, repo, keys, tmp_path))
-    assert res.code == 0 and res.doc["changed"] is False
+    assert res.code == 0
+    assert res.doc["changed"] is False
 
 
 def test_corrupt_newest_image_falls_back_to_the_next(
@@ -504,12 +529,15 @@ def test_corrupt_newest_image_falls_back_to_the_next(
         mapping_document(releases("1.5.08", "1.5.09")),
     )
     res = run("--update", "--dry-run", "--json", *base(host, repo, keys, tmp_path))
-    assert res.code == 0 and res.doc["selected"]["version"] == "1.5.08"
+    assert res.code == 0
+    assert res.doc["selected"]["version"] == "1.5.08"
     c09 = next(c for c in res.doc["candidates"] if c["version"] == "1.5.09")
-    assert c09["reasons"] == ["image-invalid"] and "seamhash" in c09["details"][0]
+    assert c09["reasons"] == ["image-invalid"]
+    assert "seamhash" in c09["details"][0]
     # Asked for explicitly, the corrupt image is refused with 65.
     res = run("--update", "1.5.09", "--dry-run", "--json", *base(host, repo, keys, tmp_path))
-    assert res.code == 65 and res.doc["error"]["code"] == "image-invalid"
+    assert res.code == 65
+    assert res.doc["error"]["code"] == "image-invalid"
 
 
 # --- --verify ---------------------------------------------------------------------------------
@@ -521,7 +549,9 @@ def test_verify_path_good(run: Any, tmp_path: Path, keys: Path) -> None:
     res = run("--verify", path, "--trusted-keys", keys, "--json")
     assert res.code == 0
     (img,) = res.doc["images"]
-    assert img["ok"] and img["version"] == "1.5.08" and img["image_format"] == "0x200"
+    assert img["ok"]
+    assert img["version"] == "1.5.08"
+    assert img["image_format"] == "0x200"
     assert [c["name"] for c in img["checks"]] == [
         "container",
         "checksum",
@@ -549,7 +579,8 @@ def test_verify_tampered_exits_65(
     path = tmp_path / "img.blob"
     path.write_bytes(make_image("1.5.08", tamper=tamper))
     res = run("--verify", path, "--trusted-keys", keys, "--json")
-    assert res.code == 65 and res.doc["error"]["code"] == "image-invalid"
+    assert res.code == 65
+    assert res.doc["error"]["code"] == "image-invalid"
     failed = [c["name"] for c in res.doc["images"][0]["checks"] if not c["ok"]]
     assert check in failed
 
@@ -565,7 +596,8 @@ def test_verify_repository(run: Any, repo: Path, keys: Path) -> None:
 
 def test_verify_missing_path_exits_66(run: Any, tmp_path: Path) -> None:
     res = run("--verify", tmp_path / "nope.blob", "--json")
-    assert res.code == 66 and res.doc["error"]["code"] == "image-not-found"
+    assert res.code == 66
+    assert res.doc["error"]["code"] == "image-not-found"
 
 
 # --- bad input: mapping, repository, trusted keys -------------------------------------------
@@ -589,8 +621,10 @@ def test_bad_mapping_files(
     run: Any, host: Path, repo: Path, sample: str, code: int, token: str
 ) -> None:
     res = run("--list", "--json", "--sysroot", host, "--repo", repo, "--mapping", SAMPLES / sample)
-    assert res.code == code and res.doc["error"]["code"] == token
-    assert len(res.err_lines) == 1 and str(SAMPLES / sample) in res.err_lines[0]
+    assert res.code == code
+    assert res.doc["error"]["code"] == token
+    assert len(res.err_lines) == 1
+    assert str(SAMPLES / sample) in res.err_lines[0]
     assert "Traceback" not in res.err
 
 
@@ -601,18 +635,21 @@ def test_missing_mapping_repo_and_keys_exit_66(
     res = run(
         "--list", "--json", "--sysroot", host, "--repo", repo, "--mapping", tmp_path / "m.json"
     )
-    assert res.code == 66 and res.doc["error"]["code"] == "mapping-not-found"
+    assert res.code == 66
+    assert res.doc["error"]["code"] == "mapping-not-found"
     res = run(
         "--list", "--json", "--sysroot", host, "--repo", repo, "--trusted-keys", tmp_path / "k"
     )
-    assert res.code == 66 and res.doc["error"]["code"] == "trusted-keys-not-found"
+    assert res.code == 66
+    assert res.doc["error"]["code"] == "trusted-keys-not-found"
 
 
 def test_bad_trusted_keys_line_exits_65(run: Any, host: Path, repo: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# ok\n" + "ab" * 32 + "\nnot-a-key\n")
     res = run("--list", "--json", "--sysroot", host, "--repo", repo, "--trusted-keys", keys)
-    assert res.code == 65 and res.doc["error"]["code"] == "trusted-keys-invalid"
+    assert res.code == 65
+    assert res.doc["error"]["code"] == "trusted-keys-invalid"
     assert res.err_lines == [
         f"tdxupdate: {keys}:3: 'not-a-key' is not a SHA-256 fingerprint (64 hex digits)"
     ]
@@ -630,7 +667,8 @@ def test_garbage_version_file_gives_one_line(
     )
     res = run("--list", "--sysroot", root, "--repo", repo)
     assert res.code == 69
-    assert len(res.err_lines) == 1 and "Traceback" not in res.err
+    assert len(res.err_lines) == 1
+    assert "Traceback" not in res.err
 
 
 # --- usage ------------------------------------------------------------------------------------
@@ -638,9 +676,11 @@ def test_garbage_version_file_gives_one_line(
 
 def test_help_and_version_print_text_even_with_json(run: Any) -> None:
     res = run("--help", "--json")
-    assert res.code == 0 and "--update [VERSION]" in res.out
+    assert res.code == 0
+    assert "--update [VERSION]" in res.out
     res = run("--version")
-    assert res.code == 0 and res.out.startswith("tdxupdate, version ")
+    assert res.code == 0
+    assert res.out.startswith("tdxupdate, version ")
 
 
 def test_json_stdout_is_exactly_one_document(
@@ -659,7 +699,8 @@ def test_python_dash_m_is_the_same(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert out.returncode == 0 and json.loads(out.stdout)["host"]["module_version"] == "1.5.06"
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["host"]["module_version"] == "1.5.06"
 
 
 # --- start-up cost ------------------------------------------------------------------------------
@@ -745,7 +786,8 @@ def test_property_any_mapping_document_is_handled(
 
 def test_history_empty(run: Any, tmp_path: Path) -> None:
     res = run("--history", "--json", "--state-dir", tmp_path / "s")
-    assert res.code == 0 and res.doc["history"] == []
+    assert res.code == 0
+    assert res.doc["history"] == []
     assert (
         run("--history", "--state-dir", tmp_path / "s").out.strip()
         == "No update attempts recorded on this host."
@@ -786,9 +828,12 @@ def test_update_compat_warning_from_the_mapping(run: Any, tmp_path: Path, keys: 
     # -q (cron): a run that neither fails nor changes anything prints nothing at all (issue 9
     # item 19), while the JSON still carries the token
     res = run("--list", "-q", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
-    assert res.code == 0 and res.out == "" and res.err == ""
+    assert res.code == 0
+    assert res.out == ""
+    assert res.err == ""
     res = run("--list", "-q", "--json", "--sysroot", old, "--repo", repo, "--trusted-keys", keys)
-    assert "running-module-lacks-update-compat" in res.doc["warnings"] and res.err == ""
+    assert "running-module-lacks-update-compat" in res.doc["warnings"]
+    assert res.err == ""
 
 
 # --- the error funnel: one table, one renderer ----------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +50,8 @@ def host(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    yield runner(capsys, check_schema=False)
+def run(capsys: pytest.CaptureFixture[str]) -> Any:
+    return runner(capsys, check_schema=False)
 
 
 def conf(tmp_path: Path, text: str) -> Path:

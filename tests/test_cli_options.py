@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,8 +16,8 @@ from factories.cli import runner
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    yield runner(capsys)
+def run(capsys: pytest.CaptureFixture[str]) -> Any:
+    return runner(capsys)
 
 
 @pytest.mark.parametrize(
@@ -48,11 +47,13 @@ def run(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
 def test_usage_errors_exit_64(run: Any, args: list[str], message: str | None) -> None:
     res = run(*args)
     assert res.code == 64
-    assert len(res.err_lines) == 1 and res.err_lines[0].startswith("tdxupdate: ")
+    assert len(res.err_lines) == 1
+    assert res.err_lines[0].startswith("tdxupdate: ")
     if message:
         assert res.err_lines == [message]
     res = run(*args, "--json")
-    assert res.code == 64 and res.doc["error"]["code"] == "usage"
+    assert res.code == 64
+    assert res.doc["error"]["code"] == "usage"
 
 
 def test_help_and_version_do_not_load_the_completion_code() -> None:

@@ -429,7 +429,8 @@ def test_a_malformed_url_is_a_configuration_error_not_an_internal_one(
     tmp_path: Path, url: str
 ) -> None:
     _, err = error_of(tmp_path, f'repo = "{url}"\n')
-    assert err.exit_code == 78 and "malformed URL" in err.message
+    assert err.exit_code == 78
+    assert "malformed URL" in err.message
 
 
 def test_allow_debug_in_a_file_is_refused_because_a_file_never_widens_trust(

@@ -197,6 +197,84 @@ def metric(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def arm(h: SimHost, case: Case) -> None:
+    """Start from a fresh kernel with the case's fault and slow writes configured."""
+    fresh(h)
+    if case.fault is not None:
+        command: dict[str, Any] = {"fault": case.fault}
+        if case.times is not None and not case.fault.startswith(("offline", "short", "slow")):
+            command["times"] = case.times
+        h.control(command)
+    if case.slow_ms:
+        h.control({"fault": f"slow-write={case.slow_ms}"})
+
+
+def run_update(
+    h: SimHost, repo: Repo, case: Case, state_dir: Path, metrics: Path
+) -> tuple[int, str, str]:
+    """Run ``tdxupdate --update`` in its own process, signalled as the case says."""
+    args = [
+        sys.executable, "-m", "tdxupdate", "--update", "--json",
+        "--sysroot", str(h.sysroot), "--repo", str(repo.path),
+        "--trusted-keys", str(repo.keys), "--state-dir", str(state_dir),
+        "--metrics-file", str(metrics), "--timeout", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        if case.signum is not None:
+            # From the moment the tool holds its lock (its handlers are installed long
+            # before): a signal during interpreter start-up is not the tool's to handle.
+            wait_for(
+                lambda: (state_dir / "lock").exists() or proc.poll() is not None,
+                "tdxupdate taking its lock",
+            )
+            time.sleep(case.delay)
+            if proc.poll() is None:
+                proc.send_signal(case.signum)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"tdxupdate did not exit within {DEADLINE:g} s ({case})")
+    return proc.returncode, out, err
+
+
+def check_records(
+    records: list[dict[str, Any]], code: int, doc: dict[str, Any], error: dict[str, Any] | None
+) -> None:
+    """... and the last record says what the JSON says."""
+    if not records:
+        return
+    last = records[-1]["result"]
+    if last == "success":
+        assert code == 0
+        assert doc["changed"] is True
+    elif last in RESULT_TOKEN:
+        assert error is not None, (last, doc)
+        assert error["code"] == RESULT_TOKEN[last], (last, doc)
+    else:
+        assert error is not None, (last, doc)
+
+
+def check_module(doc: dict[str, Any], error: dict[str, Any] | None, after: dict[str, Any]) -> None:
+    """5. the module is what the JSON says it is."""
+    if error is not None and error["code"] == "timeout":
+        # "the kernel owns the update": either outcome is still to come, and said so
+        assert after["module_version"] in (RUNNING, TARGET, None)
+    elif doc.get("fatal"):
+        assert after["module_lost"] is True
+    elif doc.get("changed"):
+        assert after["module_version"] == TARGET
+        assert not after["module_lost"]
+    else:
+        assert after["module_lost"] is False
+        assert after["module_version"] == RUNNING, (doc, after["uploads"])
+
+
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -208,14 +286,7 @@ def metric(text: str, name: str) -> float | None:
 @given(case=cases)
 def test_update_invariants_under_faults_and_signals(hosts: Hosts, repo: Repo, case: Case) -> None:
     h = hosts.by_series[case.series]
-    fresh(h)
-    if case.fault is not None:
-        command: dict[str, Any] = {"fault": case.fault}
-        if case.times is not None and not case.fault.startswith(("offline", "short", "slow")):
-            command["times"] = case.times
-        h.control(command)
-    if case.slow_ms:
-        h.control({"fault": f"slow-write={case.slow_ms}"})
+    arm(h, case)
     before = h.state()
     starts_before = before["upload"]["counters"].get("loading_starts", 0)
 
@@ -226,39 +297,12 @@ def test_update_invariants_under_faults_and_signals(hosts: Hosts, repo: Repo, ca
         if case.history_broken:
             (state_dir / "history.jsonl").mkdir()  # appending to it fails with EISDIR
         metrics = (work / "missing-dir" if case.metrics_broken else work) / "tdxupdate.prom"
-        args = [
-            sys.executable, "-m", "tdxupdate", "--update", "--json",
-            "--sysroot", str(h.sysroot), "--repo", str(repo.path),
-            "--trusted-keys", str(repo.keys), "--state-dir", str(state_dir),
-            "--metrics-file", str(metrics), "--timeout", "1",
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        try:
-            if case.signum is not None:
-                # From the moment the tool holds its lock (its handlers are installed long
-                # before): a signal during interpreter start-up is not the tool's to handle.
-                wait_for(
-                    lambda: (state_dir / "lock").exists() or proc.poll() is not None,
-                    "tdxupdate taking its lock",
-                )
-                time.sleep(case.delay)
-                if proc.poll() is None:
-                    proc.send_signal(case.signum)
-            out, err = proc.communicate(timeout=DEADLINE)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-                pytest.fail(f"tdxupdate did not exit within {DEADLINE:g} s ({case})")
+        code, out, err = run_update(h, repo, case, state_dir, metrics)
         wait_for(
             lambda: h.state()["upload"]["status"] == "idle" or h.state()["upload"]["hung_stage"],
             "the kernel to finish",
         )
         after = h.state()
-        code = proc.returncode
         assert code >= 0, f"killed by signal {-code}: {err}"
         assert "Traceback" not in err, err
 
@@ -295,24 +339,5 @@ def test_update_invariants_under_faults_and_signals(hosts: Hosts, repo: Repo, ca
         for rec in records:
             assert rec["image_sha256"] == hashlib.sha256(repo.file).hexdigest()
 
-        # ... and the last record says what the JSON says
-        if records:
-            last = records[-1]["result"]
-            if last == "success":
-                assert code == 0 and doc["changed"] is True
-            elif last in RESULT_TOKEN:
-                assert error is not None and error["code"] == RESULT_TOKEN[last], (last, doc)
-            else:
-                assert error is not None, (last, doc)
-
-        # 5. the module is what the JSON says it is
-        if error is not None and error["code"] == "timeout":
-            # "the kernel owns the update": either outcome is still to come, and said so
-            assert after["module_version"] in (RUNNING, TARGET, None)
-        elif doc.get("fatal"):
-            assert after["module_lost"] is True
-        elif doc.get("changed"):
-            assert after["module_version"] == TARGET and not after["module_lost"]
-        else:
-            assert after["module_lost"] is False
-            assert after["module_version"] == RUNNING, (doc, after["uploads"])
+        check_records(records, code, doc, error)
+        check_module(doc, error, after)

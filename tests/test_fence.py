@@ -117,7 +117,8 @@ def test_a_registered_build_holds_the_update_until_it_is_unregistered(
     assert fence.update_running(upload_dir)  # new builds are already kept out
     assert fence.unregister(upload_dir, "td1") is True
     wait_event(holder.entered, "the update to take the fence")
-    assert holder.error is None and holder.removed == []
+    assert holder.error is None
+    assert holder.removed == []
 
 
 def test_builds_outlasting_the_timeout_are_td_build_in_progress_and_the_fence_is_released(
@@ -126,7 +127,8 @@ def test_builds_outlasting_the_timeout_are_td_build_in_progress_and_the_fence_is
     fence.register(upload_dir, "td1")
     with pytest.raises(TryLater) as caught, fence.hold(upload_dir, timeout=0.2):
         pytest.fail("the update went ahead during a TD build")
-    assert caught.value.code == "td-build-in-progress" and caught.value.exit_code == 75
+    assert caught.value.code == "td-build-in-progress"
+    assert caught.value.exit_code == 75
     assert caught.value.message == (
         f"{upload_dir}: TD build(s) td1 still in progress after 0.2 s; nothing was written, run "
         "tdxupdate again once they have finished (--fence-timeout waits longer)"
@@ -142,7 +144,8 @@ def test_no_build_registers_while_an_update_holds_the_fence(
     wait_event(holder.entered, "the update to take the fence")
     with pytest.raises(TryLater) as caught:
         fence.register(upload_dir, "td1", wait=0.2)
-    assert caught.value.code == "locked" and caught.value.exit_code == 75
+    assert caught.value.code == "locked"
+    assert caught.value.exit_code == 75
     assert "a TDX module update is running; TD td1 was not started" in caught.value.message
     assert fence.registrations(upload_dir) == []
 
@@ -161,7 +164,8 @@ def test_a_build_waiting_for_the_update_registers_once_it_is_released(
     thread = threading.Thread(target=launch, daemon=True)
     thread.start()
     wait_event(said, "the build to say it waits")
-    assert done == [] and fence.registrations(upload_dir) == []
+    assert done == []
+    assert fence.registrations(upload_dir) == []
     holder.release()
     thread.join(DEADLINE)
     assert [r.name for r in fence.registrations(upload_dir)] == ["td1"]
@@ -219,7 +223,8 @@ def test_the_fence_directory_is_roots_and_keyed_like_the_host_lock(upload_dir: P
     assert directory.name == f"fence-{key}"
     assert directory.stat().st_mode & 0o777 == 0o700
     doc = json.loads((directory / "build-td1").read_text())
-    assert set(doc) == {"name", "started", "expires"} and doc["name"] == "td1"
+    assert set(doc) == {"name", "started", "expires"}
+    assert doc["name"] == "td1"
 
 
 def test_fences_of_two_upload_interfaces_are_independent(
@@ -271,9 +276,11 @@ def test_emulator_an_update_during_a_build_corrupts_the_td_on_mainline(
     assert tool.host.state()["td_builds"] == ["td1"]
     assert_ok(tool("--update", "--json"))  # mainline says nothing
     state = tool.host.state()
-    assert state["corrupted_tds"] == ["td1"] and state["module_version"] == TARGET
+    assert state["corrupted_tds"] == ["td1"]
+    assert state["module_version"] == TARGET
     tool.host.control({"td_build": "finish", "name": "td1"})
-    assert tool.host.state()["td_builds"] == [] and tool.host.state()["corrupted_tds"] == ["td1"]
+    assert tool.host.state()["td_builds"] == []
+    assert tool.host.state()["corrupted_tds"] == ["td1"]
 
 
 @pytest.mark.fuse
@@ -284,19 +291,20 @@ def test_emulator_a_guarded_kernel_answers_device_busy_during_a_build(
     tool.host.control({"td_build": "start", "name": "td1"})
     assert_fails(tool("--update", "--json"), 75, "device-busy")
     state = tool.host.state()
-    assert state["corrupted_tds"] == [] and state["module_version"] != TARGET
+    assert state["corrupted_tds"] == []
+    assert state["module_version"] != TARGET
 
 
 @pytest.mark.fuse
 def test_emulator_td_build_commands_are_checked(tool_for: Callable[[str], Tool]) -> None:
     tool = tool_for("ml")
-    for bad in (
-        {"td_build": "finish", "name": "td1"},
-        {"td_build": "begin", "name": "td1"},
-        {"td_build": "start"},
-        {"name": "td1"},
+    for bad, reason in (
+        ({"td_build": "finish", "name": "td1"}, "TD 'td1' is not being built"),
+        ({"td_build": "begin", "name": "td1"}, 'expected "start" or "finish" and a name'),
+        ({"td_build": "start"}, "needs a name, and name goes with td_build only"),
+        ({"name": "td1"}, "needs a name, and name goes with td_build only"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"control td_build: {reason}"):
             tool.host.control(bad)
     tool.host.control({"td_build": "start", "name": "td1"})
     with pytest.raises(ValueError, match="already being built"):
@@ -320,7 +328,8 @@ def test_update_waits_for_a_registered_build_and_never_corrupts_it(
     res = finish(proc)
     assert_ok(res)
     state = tool.host.state()
-    assert state["corrupted_tds"] == [] and state["module_version"] == TARGET
+    assert state["corrupted_tds"] == []
+    assert state["module_version"] == TARGET
     assert not fence.update_running(iface(tool))
 
 

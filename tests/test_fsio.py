@@ -123,7 +123,8 @@ def test_writes_with_mode_and_leaves_no_temporary(tmp_path: Path) -> None:
         fsio.write_atomically(d, "f", b"two")
         assert sorted(d.names()) == ["f"]
     f = tmp_path / "d" / "f"
-    assert f.read_bytes() == b"two" and stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert f.read_bytes() == b"two"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
 
 
 def test_a_planted_link_is_replaced_not_followed(tmp_path: Path) -> None:
@@ -150,8 +151,10 @@ def test_prefix_and_suffix_name_the_temporary(
         monkeypatch.setattr(d, "replace", spy)
         fsio.write_atomically(d, "f", b"x")
         fsio.write_atomically(d, "f", b"x", prefix=".tmp-", suffix="")
-    assert seen[0].startswith(".f.") and seen[0].endswith(".tmp")
-    assert seen[1].startswith(".tmp-") and not seen[1].endswith(".tmp")
+    assert seen[0].startswith(".f.")
+    assert seen[0].endswith(".tmp")
+    assert seen[1].startswith(".tmp-")
+    assert not seen[1].endswith(".tmp")
 
 
 def test_default_errors_name_the_directory_then_the_file(

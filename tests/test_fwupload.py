@@ -38,7 +38,8 @@ def test_discover_hands_over_the_upload_interface(tmp_path: Path) -> None:
     sysroot = FaultySysroot(root)
     facts = host.discover(sysroot)
     iface = facts.upload
-    assert iface is not None and iface.sysroot is sysroot
+    assert iface is not None
+    assert iface.sysroot is sysroot
     assert iface.dir == facts.upload_dir == root / "sys/class/firmware/tdx_module"
     assert iface.firmware_name == "tdx_module"
     assert (iface.loading, iface.data, iface.status, iface.error, iface.remaining_size) == tuple(
@@ -51,7 +52,8 @@ def test_discover_hands_over_the_upload_interface(tmp_path: Path) -> None:
 
 def test_no_upload_interface_no_handle(tmp_path: Path) -> None:
     facts = host.discover(build_host_tree(tmp_path / "host", firmware=False))
-    assert facts.upload is None and facts.upload_dir is None
+    assert facts.upload is None
+    assert facts.upload_dir is None
 
 
 def test_the_handle_reads_through_its_sysroot(tmp_path: Path) -> None:
@@ -60,7 +62,7 @@ def test_the_handle_reads_through_its_sysroot(tmp_path: Path) -> None:
     sysroot = FaultySysroot(root).fail(status, errno.EIO)
     facts = host.discover(sysroot)
     assert facts.upload is not None
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="Input/output error") as info:
         facts.upload.read(facts.upload.status)
     assert info.value.errno == errno.EIO
     sysroot.fail("/sys/class/firmware/tdx_module/remaining_size", errno.ENXIO)

@@ -85,7 +85,8 @@ def test_append_then_load_round_trips_every_field(tmp_path: Path) -> None:
     loaded, skipped = load(tmp_path)
     assert skipped == []
     assert loaded == records
-    assert len(lines_of(tmp_path)) == 4 and lines_of(tmp_path)[-1] == b""
+    assert len(lines_of(tmp_path)) == 4
+    assert lines_of(tmp_path)[-1] == b""
 
 
 def test_record_line_is_compact_json_with_contract_keys(tmp_path: Path) -> None:
@@ -143,8 +144,10 @@ def test_time_helpers_write_rfc3339_utc() -> None:
 @pytest.mark.parametrize("result", sorted(RESULTS))
 def test_every_contract_result_is_writable(tmp_path: Path, result: str) -> None:
     # a pre/post-update command's record belongs to no kernel attempt: attempt 0
-    extra = {"attempt": 0} if result.endswith("-update-failed") else {}
-    append(tmp_path, replace(record(result), **extra))
+    rec = record(result)
+    if result.endswith("-update-failed"):
+        rec = replace(rec, attempt=0)
+    append(tmp_path, rec)
     assert [r.result for r in load(tmp_path).records] == [result]
 
 
@@ -306,7 +309,8 @@ def test_format1_fixture_loads_and_reserialises_identically(tmp_path: Path) -> N
         (1, "0x200", "failed"),
         (2, "0x100", "success"),
     ]
-    assert records[0].fatal is False and records[1].fatal is None
+    assert records[0].fatal is False
+    assert records[1].fatal is None
     originals = [json.loads(x) for x in (FIXTURES / "format1.jsonl").read_text().splitlines()]
     assert [r.to_json() for r in records] == originals
 

@@ -48,7 +48,9 @@ def test_failure_keeps_stderr_and_names_the_last_line() -> None:
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     marker = tmp_path / "child.pid"
     r = hooks.run("pre-update", f"sleep 300 & echo $! > {marker}; wait", 0.5, {})
-    assert r.timed_out and r.exit_code is None and not r.ok
+    assert r.timed_out
+    assert r.exit_code is None
+    assert not r.ok
     child = int(marker.read_text())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -64,16 +66,18 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 def test_output_is_bounded_to_its_tail() -> None:
     r = hooks.run("post-update", "head -c 2000000 /dev/zero | tr '\\0' x; echo END", 30, {})
     assert r.ok
-    assert len(r.output) == hooks.OUTPUT_KEPT and r.output.endswith("xEND\n")
+    assert len(r.output) == hooks.OUTPUT_KEPT
+    assert r.output.endswith("xEND\n")
 
 
 def test_a_command_that_cannot_start_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(2, "No such file or directory")
 
-    monkeypatch.setattr(hooks.subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
     r = hooks.run("pre-update", "true", 10, {})
-    assert not r.ok and r.error == "No such file or directory"
+    assert not r.ok
+    assert r.error == "No such file or directory"
     assert "could not be started" in r.describe()
 
 
@@ -91,7 +95,7 @@ def test_a_signal_in_the_instant_the_command_is_spawned_still_ends_it(
         os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, still in here
         return proc
 
-    monkeypatch.setattr(hooks.subprocess, "Popen", popen_then_signal)
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
     restore = signals.install()
     try:
         with pytest.raises(Interrupted) as caught:
@@ -136,16 +140,19 @@ def test_failing_pre_command_writes_nothing_and_is_recorded(
         capsys,
         _args(host, tmp_path, "--pre-update-command", "echo 'a TD is launching' >&2; exit 4"),
     )
-    assert code == 75 and doc["error"]["code"] == "pre-update-failed"
-    assert (
-        doc["pre_update"]["exit_code"] == 4 and "a TD is launching" in doc["pre_update"]["output"]
-    )
+    assert code == 75
+    assert doc["error"]["code"] == "pre-update-failed"
+    assert doc["pre_update"]["exit_code"] == 4
+    assert "a TD is launching" in doc["pre_update"]["output"]
     assert f"tdxupdate: {doc['error']['message']}" in err.splitlines()
     up = host.state()["upload"]
-    assert up["counters"].get("loading_writes", 0) == 0 and host.state()["uploads"] == []
+    assert up["counters"].get("loading_writes", 0) == 0
+    assert host.state()["uploads"] == []
     (rec,) = history.load(tmp_path / "state").records
-    assert rec.result == "pre-update-failed" and rec.attempt == 0
-    assert rec.pre_update is not None and rec.pre_update["exit_code"] == 4
+    assert rec.result == "pre-update-failed"
+    assert rec.attempt == 0
+    assert rec.pre_update is not None
+    assert rec.pre_update["exit_code"] == 4
 
 
 @pytest.mark.fuse
@@ -163,14 +170,17 @@ def test_post_command_runs_after_the_attempt_and_its_failure_is_only_a_warning(
             "--post-update-command", f'echo "$TDXUPDATE_RESULT $TDXUPDATE_TO" > {seen}; exit 9',
         ),
     )  # fmt: skip
-    assert code == 0 and doc["changed"] is True  # the kernel's outcome stays the run's
+    assert code == 0
+    assert doc["changed"] is True  # the kernel's outcome stays the run's
     assert "post-update-failed" in doc["warnings"]
     assert seen.read_text() == f"success {doc['to_version']}\n"
     assert host.state()["module_version"] == doc["to_version"]
     records = history.load(tmp_path / "state").records
     assert [r.result for r in records] == ["success", "post-update-failed"]
-    assert records[0].pre_update is not None and records[0].pre_update["exit_code"] == 0
-    assert records[1].post_update is not None and records[1].post_update["exit_code"] == 9
+    assert records[0].pre_update is not None
+    assert records[0].pre_update["exit_code"] == 0
+    assert records[1].post_update is not None
+    assert records[1].post_update["exit_code"] == 9
 
 
 @pytest.mark.fuse
@@ -183,8 +193,10 @@ def test_post_command_runs_after_a_failed_attempt_too(
     code, doc, _err = _run(
         capsys, _args(host, tmp_path, "--post-update-command", f'echo "$TDXUPDATE_RESULT" > {seen}')
     )
-    assert code == 1 and doc["error"]["code"] == "kernel-error"
-    assert seen.read_text() == "failed\n" and doc["post_update"]["exit_code"] == 0
+    assert code == 1
+    assert doc["error"]["code"] == "kernel-error"
+    assert seen.read_text() == "failed\n"
+    assert doc["post_update"]["exit_code"] == 0
 
 
 @pytest.mark.fuse

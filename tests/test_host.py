@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from factories.hosts import (
+    HostOptions,
     at,
     build_host_tree,
     copy_as_root,
@@ -146,7 +147,8 @@ def test_discover_hidden_seamldr_attributes(tmp_path: Path) -> None:
         overrides={f"{T}/seamldr_version": None, f"{T}/num_remaining_updates": None},
     )
     host_dir = at(root, T)
-    assert facts.sysfs_layout is None and facts.generation is None
+    assert facts.sysfs_layout is None
+    assert facts.generation is None
     assert facts.module_version == Version(1, 5, 6)
     assert facts.check("seamldr-version").detail == (
         f"neither {host_dir}/seamldr_version nor {host_dir}/seamldr/version exists; "
@@ -266,6 +268,7 @@ def test_discover_seamldr_version_eacces_is_permission_denied(
         f"{at(root, T)}/{attribute}: permission denied; the P-SEAMLDR attributes are readable "
         "by root only (mode 0400 since kernel series v4): run as root"
     )
+    assert check.code is not None
     assert EXIT_CODES[check.code] == 77
 
 
@@ -292,7 +295,8 @@ def _checks_as_nobody(root: Path) -> dict[str, list[object]]:
         payload = pipe.read()
     _, wait_status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(wait_status) == 0, "the unprivileged child failed"
-    return json.loads(payload)
+    checks: dict[str, list[object]] = json.loads(payload)
+    return checks
 
 
 def test_discover_as_unprivileged_user_gets_real_eacces_on_0400_attributes() -> None:
@@ -449,7 +453,7 @@ def test_discover_cpu_signature_argument_out_of_range_is_usage_error(tmp_path: P
 
 # --------------------------------------------------------------------------- committed samples
 
-SAMPLE_TREES = {
+SAMPLE_TREES: dict[str, HostOptions] = {
     "spr-flat-1.5.06": {"generation": "G5"},
     "spr-seamldr-dir-1.5.06": {"generation": "G3"},
 }
@@ -479,7 +483,7 @@ def _tree(root: Path) -> dict[str, str | bytes]:
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_TREES))
 def test_sample_host_trees_match_the_factory(tmp_path: Path, name: str) -> None:
-    built = build_host_tree(tmp_path / name, **SAMPLE_TREES[name])  # type: ignore[arg-type]
+    built = build_host_tree(tmp_path / name, **SAMPLE_TREES[name])
     assert _tree(SAMPLES / name) == _tree(built)
 
 
@@ -552,7 +556,8 @@ def test_discover_random_bytes_in_sysfs_files_never_raise(
     for c in facts.checks:
         assert (c.code is None) == c.ok
         assert c.code is None or c.code in EXIT_CODES
-        assert c.detail and "\n" not in c.detail
+        assert c.detail
+        assert "\n" not in c.detail
     for fact in REQUIRED_FACTS:
         assert (getattr(facts, fact) is None) == (fact in facts.problems), fact
     assert all(isinstance(e, TdxError) for e in facts.problems.values())

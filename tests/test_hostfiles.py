@@ -138,9 +138,20 @@ def test_parse_cpu_list_ranges_and_lists_compare_as_sets() -> None:
     assert parse_cpu_list("0-3") == parse_cpu_list("0,1,2,3") == parse_cpu_list("2-3,0-1")
 
 
-@pytest.mark.parametrize("text", ["a", "3-1", "0-", "1,,2", "0-70000", "0 - 3", "0-3:2/4"])
-def test_parse_cpu_list_garbage_raises(text: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a", "^'a' is not a CPU number or range$"),
+        ("3-1", "^'3-1' is a reversed range$"),
+        ("0-", "^'0-' is not a CPU number or range$"),
+        ("1,,2", "^'' is not a CPU number or range$"),
+        ("0-70000", "^CPU 70000 is beyond 65535$"),
+        ("0 - 3", "^'0 - 3' is not a CPU number or range$"),
+        ("0-3:2/4", "^'0-3:2/4' is not a CPU number or range$"),
+    ],
+)
+def test_parse_cpu_list_garbage_raises(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
         parse_cpu_list(text)
 
 

@@ -6,10 +6,12 @@ import itertools
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from factories.blobs import EDITS, blob_join, edited, sigstruct_for, valid_images, word_sum
 from factories.images import make_image, module_bytes, trusted_signers
+from factories.outcome import returned_or_raised
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +28,7 @@ from tdxupdate.image import (
     PAGE_SIZE,
     SIGSTRUCT_LAYOUT,
     SIGSTRUCT_SIZE,
+    Field,
     checksum16,
     inspect,
 )
@@ -43,7 +46,7 @@ PUBLISHED_BLOBS = Path(__file__).resolve().parent / "data" / "published-blobs.js
 
 
 @pytest.mark.parametrize("layout", [FORMAT_A_HEADER, FORMAT_B_HEADER], ids=["A", "B"])
-def test_header_layout_covers_exactly_one_page(layout: dict) -> None:
+def test_header_layout_covers_exactly_one_page(layout: dict[str, Field]) -> None:
     offset = 0
     for field in layout.values():
         assert field.offset == offset, field.name
@@ -183,34 +186,36 @@ def test_checksum16_equals_the_reference_word_sum(data: bytes) -> None:
     size=st.one_of(st.integers(0, 2 * MAX_IMAGE_SIZE), st.sampled_from([12288, 16384])),
 )
 @settings(max_examples=150, deadline=None)
-def test_inspect_raises_only_invalid_image(which: int, edits: list, size: int) -> None:
+def test_inspect_raises_only_invalid_image(
+    which: int, edits: list[tuple[int, int]], size: int
+) -> None:
     data = edited(valid_images()[which], edits, None)
-    try:
-        inspect(data[: min(size, HEAD_SIZE)], size)
-    except InvalidImage as exc:
-        assert exc.check == "container"
-        assert exc.message and "\n" not in exc.message
+    outcome = returned_or_raised(lambda: inspect(data[: min(size, HEAD_SIZE)], size), InvalidImage)
+    if isinstance(outcome, InvalidImage):
+        assert outcome.check == "container"
+        assert outcome.message
+        assert "\n" not in outcome.message
 
 
 @given(st.binary(max_size=HEAD_SIZE + 16))
 @settings(max_examples=200, deadline=None)
 def test_inspect_of_random_bytes_raises_only_invalid_image(data: bytes) -> None:
-    try:
-        inspect(data, len(data))
-    except InvalidImage as exc:
-        assert exc.check == "container"
+    outcome = returned_or_raised(lambda: inspect(data, len(data)), InvalidImage)
+    if isinstance(outcome, InvalidImage):
+        assert outcome.check == "container"
 
 
 # --------------------------------------------------------------------------------------------
 # Published blobs: the facts agree with what the parser expects
 
 
-def _published() -> list[dict]:
+def _published() -> list[dict[str, Any]]:
     if not PUBLISHED_BLOBS.is_file():
         pytest.fail(
             f"{PUBLISHED_BLOBS} is missing: the tests/data directory is part of the source tree"
         )
-    return json.loads(PUBLISHED_BLOBS.read_text())["blobs"]
+    blobs: list[dict[str, Any]] = json.loads(PUBLISHED_BLOBS.read_text())["blobs"]
+    return blobs
 
 
 def test_published_blobs_are_all_signed_by_intels_production_key() -> None:

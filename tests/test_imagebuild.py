@@ -33,7 +33,8 @@ def test_conversion_round_trips_byte_exactly_and_still_verifies(fmt: int) -> Non
     assert convert(converted, fmt) == image
     v = verify(converted, trusted_signers=trusted_signers(), expected_version=Version(1, 5, 6))
     assert v.ok
-    assert v.info is not None and v.info.format == other
+    assert v.info is not None
+    assert v.info.format == other
     assert convert(image, fmt) == image  # same format: unchanged
 
 

@@ -58,7 +58,8 @@ def test_valid_image_passes_every_check_in_order(fmt: int) -> None:
     image = make_image("1.5.06", fmt=fmt, cpuids=(0x806F8, 0xC06F0))
     v = verify(image, trusted_signers=trusted_signers(), expected_version=Version(1, 5, 6))
     assert [c.name for c in v.checks] == list(CHECK_NAMES)
-    assert v.ok and v.failed == ()
+    assert v.ok
+    assert v.failed == ()
     assert v.check("cpuid-table").detail == "supports 0x806f8, 0xc06f0"
     assert v.check("version").detail == "sigstruct carries 1.5.06, as expected"
     assert v.check("debug").detail == "production-signed (module_type 0x00000000)"
@@ -87,7 +88,7 @@ def test_valid_image_passes_every_check_in_order(fmt: int) -> None:
 # --------------------------------------------------------------------------------------------
 # One corruption, exactly the checks it targets
 
-CONTAINER_MESSAGES = {
+CONTAINER_MESSAGES: dict[str, str | dict[int, str]] = {
     "empty": "image is 0 bytes, too short to hold a header (4096 bytes)",
     "truncated-head": "image is 100 bytes, shorter than the smallest possible image (12288 "
     "bytes: header, sigstruct and module pages)",
@@ -253,7 +254,8 @@ def test_image_without_version_bytes_passes_version_and_says_so() -> None:
     image = make_image("1.5.06", version_in_sigstruct=False)
     v = verify(image, trusted_signers=trusted_signers(), expected_version=Version(1, 5, 8))
     assert v.ok
-    assert v.info is not None and v.info.sigstruct.version is None
+    assert v.info is not None
+    assert v.info.sigstruct.version is None
     assert v.check("version").detail == (
         "the image does not carry its version (sigstruct bytes 1000–1003 are zero); 1.5.08 "
         "cannot be cross-checked"
@@ -308,7 +310,8 @@ def test_cpuid_table_of_255_entries_is_accepted() -> None:
     cpuids = tuple(0x806F0 + i for i in range(1, 256))
     v = verify(make_image(cpuids=cpuids), trusted_signers=trusted_signers())
     assert v.ok
-    assert v.info is not None and v.info.sigstruct.cpuid_table == cpuids
+    assert v.info is not None
+    assert v.info.sigstruct.cpuid_table == cpuids
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +321,8 @@ def test_cpuid_table_of_255_entries_is_accepted() -> None:
 def _forge(em: bytes, base: bytes | None = None) -> Sigstruct:
     """A sigstruct whose signature decodes to exactly ``em`` under the test key."""
     key = test_key().as_rsa_key()
-    assert key.p is not None and key.q is not None
+    assert key.p is not None
+    assert key.q is not None
     raw = bytearray(base or sigstruct_for(b"module"))
     m = int.from_bytes(em, "big")
     # Raw RSA (m^d mod n) by the CRT: no padding applied, the block is signed as given.
@@ -388,7 +392,7 @@ def test_short_modulus_is_refused() -> None:
     cut=st.one_of(st.none(), st.integers(0, 20000)),
 )
 @settings(max_examples=200, deadline=None)
-def test_verify_never_raises(which: int, edits: list, cut: int | None) -> None:
+def test_verify_never_raises(which: int, edits: list[tuple[int, int]], cut: int | None) -> None:
     v = verify(edited(valid_images()[which], edits, cut), trusted_signers=trusted_signers())
     assert [c.name for c in v.checks] == list(CHECK_NAMES)
     assert (v.info is None) == (not v.checks[0].ok)

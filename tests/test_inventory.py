@@ -53,7 +53,8 @@ def test_the_host_document_carries_the_published_identity_and_no_mapping_verdict
     facts = inventory.discover_host(Settings(sysroot=root))
     doc = inventory.host_doc(facts)
     assert (doc.module_version, doc.num_remaining_updates, doc.generation) == ("1.5.06", 3, "G5")
-    assert doc.in_mapping is UNSET and "in_mapping" not in doc.to_json()
+    assert doc.in_mapping is UNSET
+    assert "in_mapping" not in doc.to_json()
     assert doc.identity_source in ("published", None)
     assert [c["name"] for c in doc.checks] == [c.name for c in facts.checks]
 
@@ -70,7 +71,8 @@ def test_host_warnings_say_whether_the_running_module_is_in_the_mapping(tmp_path
     ):
         report = Report("status", host=inventory.host_doc(facts))
         inventory.host_warnings(report, facts, catalog)
-        assert report.host is not None and report.host.in_mapping is in_mapping
+        assert report.host is not None
+        assert report.host.in_mapping is in_mapping
         assert ("running-not-in-mapping" in report.warnings) is warned
 
 
@@ -89,7 +91,8 @@ def test_candidates_are_built_into_the_report_newest_first(tmp_path: Path) -> No
     assert [c.version for c in report.candidates] == ["1.5.09", "1.5.08", "1.5.06"]
     assert [c.eligible for c in report.candidates] == [c.eligible for c in candidates]
     same = next(c for c in report.candidates if c.version == "1.5.06")
-    assert same.reasons == ["same-as-running"] and len(same.details) == 1
+    assert same.reasons == ["same-as-running"]
+    assert len(same.details) == 1
 
 
 def test_a_candidate_document_lists_a_detail_per_reason() -> None:

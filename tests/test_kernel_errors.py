@@ -33,7 +33,8 @@ def test_decode_every_token_at_every_stage(stage: str, token: str) -> None:
         assert info.to_error().exit_code == 1
     assert STAGE_WORDS[stage] in info.sentence
     assert token in info.sentence
-    assert info.sentence[0].isupper() and info.sentence.endswith(".")
+    assert info.sentence[0].isupper()
+    assert info.sentence.endswith(".")
     assert ". " not in info.sentence, "one sentence only"
     assert info.may_be_fatal == (
         token in ("hw-error", "firmware-invalid", "timeout", "unknown-error")
@@ -87,7 +88,8 @@ def test_decode_unknown_and_malformed_text(text: str, stage: str, error: str, co
     info = decode_kernel_error(text)
     assert (info.stage, info.error, info.code) == (stage, error, code)
     assert info.exit_code == (75 if code == "device-busy" else 1)
-    assert info.sentence.endswith(".") and ". " not in info.sentence
+    assert info.sentence.endswith(".")
+    assert ". " not in info.sentence
     if code == "kernel-error" and error not in KNOWN_ERROR_TOKENS:
         assert info.may_be_fatal
         assert "does not know" in info.sentence

@@ -137,7 +137,8 @@ def test_discover_missing_tdx_host_is_no_tdx_host(tmp_path: Path) -> None:
     root, facts = host_facts(tmp_path, overrides={T: None, "/sys/class/firmware": None})
     assert facts.tdx_host is False
     assert facts.generation is None
-    assert facts.image_format is None and facts.image_format_fallback is None
+    assert facts.image_format is None
+    assert facts.image_format_fallback is None
     check = facts.check("tdx-host")
     assert (check.ok, check.code) == (False, "no-tdx-host")
     assert check.detail == (
@@ -326,8 +327,10 @@ def test_the_table_rows() -> None:
     assert rows["G4/G5"].image_formats == (kernels.FORMAT_B, kernels.FORMAT_A)
     assert rows["G2"].image_formats == rows["G3"].image_formats == (kernels.FORMAT_A,)
     assert all(g.supported and g.device == kernels.TDX_HOST for g in rows.values())
-    assert kernels.G1.supported is False and kernels.G1.device == kernels.G1_TDX_TSM
-    assert kernels.by_name("G1") is kernels.G1 and kernels.by_name("G3") is rows["G3"]
+    assert kernels.G1.supported is False
+    assert kernels.G1.device == kernels.G1_TDX_TSM
+    assert kernels.by_name("G1") is kernels.G1
+    assert kernels.by_name("G3") is rows["G3"]
     with pytest.raises(KeyError):
         kernels.by_name("G9")
 
@@ -358,4 +361,5 @@ def test_image_formats(
 @pytest.mark.parametrize("generation", ["G2", "G3", "G4", "G5"])
 def test_discover_names_the_table_row(tmp_path: Path, generation: str) -> None:
     _, facts = host_facts(tmp_path, generation=generation)
-    assert facts.kernel is not None and facts.kernel.name == facts.generation
+    assert facts.kernel is not None
+    assert facts.kernel.name == facts.generation

@@ -188,7 +188,8 @@ def test_xml_it_cannot_trust_refuses_prepare_and_never_blocks_the_end(
 ) -> None:
     hook = hook_for()
     res = hook("td1", "prepare", xml)
-    assert res.returncode == 65 and res.stderr.startswith("tdxupdate-libvirt-hook: domain XML: ")
+    assert res.returncode == 65
+    assert res.stderr.startswith("tdxupdate-libvirt-hook: domain XML: ")
     assert len(res.stderr.splitlines()) == 1
     assert hook.registered() == []
     assert hook("td1", "stopped", xml).returncode == 0
@@ -201,7 +202,8 @@ def test_a_broken_configuration_is_said_and_the_builtin_waits_used(
     hook.config.write_text("td_build_wait = -1\n")
     res = hook("td1", "prepare")
     assert res.returncode == 0
-    assert "warning" in res.stderr and "td_build_wait" in res.stderr
+    assert "warning" in res.stderr
+    assert "td_build_wait" in res.stderr
     assert hook.registered() == ["td1"]
     assert hook("td1", "started").returncode == 0
 
@@ -245,7 +247,8 @@ def test_an_update_racing_a_hook_registered_build_waits_and_never_corrupts_it(
     assert hook("td1", "started").returncode == 0
     assert_ok(finish(proc))
     state = host.state()
-    assert state["corrupted_tds"] == [] and state["module_version"] == TARGET
+    assert state["corrupted_tds"] == []
+    assert state["module_version"] == TARGET
 
 
 def test_an_update_exits_75_when_the_hooks_build_outlasts_its_fence_timeout(
@@ -256,9 +259,11 @@ def test_an_update_exits_75_when_the_hooks_build_outlasts_its_fence_timeout(
     assert hook("td1", "prepare").returncode == 0
     host.control({"td_build": "start", "name": "td1"})
     res = finish(hook.tool.start("--update", "--json", "--fence-timeout", "0.5"))
-    assert res.code == 75 and res.doc["error"]["code"] == "td-build-in-progress"
+    assert res.code == 75
+    assert res.doc["error"]["code"] == "td-build-in-progress"
     state = host.state()
-    assert state["uploads"] == [] and state["corrupted_tds"] == []
+    assert state["uploads"] == []
+    assert state["corrupted_tds"] == []
     host.control({"td_build": "finish", "name": "td1"})
     assert hook("td1", "started").returncode == 0
     assert_ok(hook.tool("--update", "--json"))  # the build is over: the next run updates
@@ -300,7 +305,8 @@ def test_a_td_launch_during_an_update_waits_for_it_then_builds(
     host.control({"td_build": "finish", "name": "td1"})
     assert hook("td1", "started").returncode == 0
     state = host.state()
-    assert state["corrupted_tds"] == [] and state["module_version"] == TARGET
+    assert state["corrupted_tds"] == []
+    assert state["module_version"] == TARGET
 
 
 def test_a_stale_registration_left_by_a_crashed_launch_never_blocks_updates(
@@ -334,7 +340,8 @@ def test_the_fence_is_already_held_while_the_pre_update_command_runs(
     res = hook.tool("--update", "--json", "--pre-update-command",
                     launch_command(hook, "td1", tmp_path))  # fmt: skip
     doc = res.doc
-    assert res.code == 75 and doc["error"]["code"] == "pre-update-failed"
+    assert res.code == 75
+    assert doc["error"]["code"] == "pre-update-failed"
     assert doc["pre_update"]["exit_code"] == 75  # the launch was refused: the fence was held
     assert "a TDX module update is running; TD td1 was not started" in doc["pre_update"]["output"]
     assert hook.registered() == []

@@ -36,14 +36,13 @@ except TryLater as exc:
 """
 
 
-def python(code: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+def python(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -194,9 +194,7 @@ def test_every_configuration_key_is_documented() -> None:
 
 def test_every_environment_variable_is_documented() -> None:
     ctx = click.Context(command)
-    names = {
-        p.envvar for p in command.get_params(ctx) if isinstance(getattr(p, "envvar", None), str)
-    }
+    names = {p.envvar for p in command.get_params(ctx) if isinstance(p.envvar, str)}
     names |= {config.CONFIG_ENV, "NO_COLOR", "JOURNAL_STREAM", "_TDXUPDATE_COMPLETE"}
     text = section("ENVIRONMENT")
     assert sorted(n for n in names if f".B {n}\n" not in text) == []

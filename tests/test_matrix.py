@@ -45,7 +45,8 @@ def intel_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 # running, P-SEAMLDR, CPU, expected choice (None: nothing to do), spot-checked reasons
-HOSTS: list[tuple[str, str, tuple[int, int, int], str | None, dict[str, list[str]]]] = [
+HostCase = tuple[str, str, tuple[int, int, int], str | None, dict[str, list[str]]]
+HOSTS: list[HostCase] = [
     (
         "1.5.06",
         "1.5.00",
@@ -90,22 +91,15 @@ GENERATIONS = ["G2", "G3", "G4", "G5"]
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
-@pytest.mark.parametrize(
-    ("running", "seamldr", "cpu", "chosen", "spot"),
-    HOSTS,
-    ids=[f"{h[0]}-ldr{h[1]}-{h[2][1]}" for h in HOSTS],
-)
+@pytest.mark.parametrize("case", HOSTS, ids=[f"{h[0]}-ldr{h[1]}-{h[2][1]}" for h in HOSTS])
 def test_host_matrix(
     intel_repo: tuple[Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     generation: str,
-    running: str,
-    seamldr: str,
-    cpu: tuple[int, int, int],
-    chosen: str | None,
-    spot: dict[str, list[str]],
+    case: HostCase,
 ) -> None:
+    running, seamldr, cpu, chosen, spot = case
     repo, keys = intel_repo
     host = build_host_tree(
         tmp_path / "h", generation=generation, module=running, seamldr=seamldr, cpu=cpu, remaining=5

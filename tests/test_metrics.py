@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tdxupdate import fsio, metrics
+from tdxupdate import metrics, safedir
 from tdxupdate.errors import TdxError
 
 NOW = 1_764_129_600.5
@@ -318,7 +318,7 @@ def test_failed_fsync_keeps_the_old_file_and_removes_the_temp_file(
     def broken_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(fsio.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(TdxError) as info:
         metrics.write_textfile(target, doc("status"), duration_s=0.1, now=NOW)
     assert info.value.message == f"{target}: cannot write the metrics file: Input/output error"
@@ -334,7 +334,7 @@ def test_interrupted_write_removes_the_temp_file(
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fsio.os, "replace", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         metrics.write_textfile(target, doc("status"), duration_s=0.1, now=NOW)
     assert list(tmp_path.iterdir()) == []
@@ -346,7 +346,7 @@ def test_read_only_file_system_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def read_only(*args: Any, **kwargs: Any) -> tuple[int, str]:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(metrics.safedir.SafeDir, "mkstemp", read_only)
+    monkeypatch.setattr(safedir.SafeDir, "mkstemp", read_only)
     with pytest.raises(TdxError) as info:
         metrics.write_textfile(target, doc("status"), duration_s=0.1, now=NOW)
     assert info.value.message == (

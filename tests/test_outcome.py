@@ -62,17 +62,20 @@ def test_each_outcome_fails_with_its_error_class_and_token(name: str) -> None:
     error = outcome.error_for(name, f"the {name} message")
     expected = EXPECTED[name]
     if expected is None:
-        assert error is None and OUTCOMES[name] == outcome.Row(None, None)
+        assert error is None
+        assert OUTCOMES[name] == outcome.Row(None, None)
         return
     cls, token, code = expected
     assert type(error) is cls
-    assert error is not None and (error.code, error.message) == (token, f"the {name} message")
+    assert error is not None
+    assert (error.code, error.message) == (token, f"the {name} message")
     assert error.exit_code == code
 
 
 def test_a_signal_sets_the_exit_code_128_plus_its_number() -> None:
     error = outcome.error_for("interrupted", "x", signum=signal.SIGTERM)
-    assert error is not None and error.exit_code == 143
+    assert error is not None
+    assert error.exit_code == 143
 
 
 def test_an_unknown_outcome_is_a_bug() -> None:

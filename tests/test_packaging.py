@@ -3,6 +3,7 @@ unit files that point at documentation that exists, test data inside the reposit
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -32,10 +33,10 @@ def test_missing_mfusepy_hint_is_one_line_naming_what_to_install(
     dev = tmp_path / "fuse"
     dev.write_bytes(b"")
     monkeypatch.setattr(mount, "DEV_FUSE", dev)
-    monkeypatch.setattr(mount.ctypes.util, "find_library", lambda name: "libfuse3.so.3")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libfuse3.so.3")
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        mount.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "mfusepy" else real_find_spec(name, *a),
     )

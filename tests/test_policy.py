@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tdxupdate import policy
 from tdxupdate.catalog import Release, parse_catalog
+from tdxupdate.errors import DataError
 from tdxupdate.policy import HostView, ImageFacts, Options, choose, evaluate, evaluate_one
 from tdxupdate.versions import Version
 
@@ -75,7 +76,9 @@ def reasons(
 
 def test_eligible_candidate_has_no_reasons() -> None:
     c = evaluate_one(V("1.5.08"), release("1.5.08"), img(), HOST, Options())
-    assert c.reasons == () and c.eligible and c.details == {}
+    assert c.reasons == ()
+    assert c.eligible
+    assert c.details == {}
 
 
 def test_not_in_mapping() -> None:
@@ -134,7 +137,8 @@ def test_same_as_running() -> None:
 def test_older_and_same_only_within_the_running_stream() -> None:
     host = HostView(V("2.0.08"), V("2.0.00"), GNR)
     got = reasons("1.5.01", release("1.5.01"), img(), host)
-    assert "older-than-running" not in got and "major-minor-mismatch" in got
+    assert "older-than-running" not in got
+    assert "major-minor-mismatch" in got
 
 
 def test_below_min_td_preserving_compares_whole_versions() -> None:
@@ -259,20 +263,24 @@ def candidates_for(
 def test_choose_newest_eligible() -> None:
     cands = candidates_for(("1.5.06", CPUIDS_15), ("1.5.08", CPUIDS_15), ("1.5.09", CPUIDS_15))
     d = choose(cands, V("1.5.06"))
-    assert d.action == "install" and d.selected is not None and d.selected.version == V("1.5.09")
+    assert d.action == "install"
+    assert d.selected is not None
+    assert d.selected.version == V("1.5.09")
 
 
 def test_choose_skips_newest_that_does_not_fit_the_cpu() -> None:
     # reference-tool.md defect 3: 1.5.25 is Sierra Forest only; SPR must get 1.5.24.
     cands = candidates_for(("1.5.24", (0x806F8, 0xC06F0)), ("1.5.25", (0xA06F0,)))
     d = choose(cands, V("1.5.06"))
-    assert d.selected is not None and d.selected.version == V("1.5.24")
+    assert d.selected is not None
+    assert d.selected.version == V("1.5.24")
 
 
 def test_choose_nothing_to_do_explains() -> None:
     cands = candidates_for(("1.5.06", CPUIDS_15), ("1.5.25", (0xA06F0,)))
     d = choose(cands, V("1.5.06"))
-    assert d.action == "nothing-to-do" and d.selected is None
+    assert d.action == "nothing-to-do"
+    assert d.selected is None
     assert (
         d.message
         == "nothing to do: no newer module is eligible for this host (1.5.25: cpu-unsupported)"
@@ -286,13 +294,17 @@ def test_choose_nothing_newer_at_all() -> None:
 
 def test_explicit_version_unknown() -> None:
     d = choose(candidates_for(("1.5.08", CPUIDS_15)), V("1.5.06"), V("1.5.99"))
-    assert d.action == "refuse" and d.error_code == "version-unknown" and d.selected is None
+    assert d.action == "refuse"
+    assert d.error_code == "version-unknown"
+    assert d.selected is None
 
 
 def test_explicit_version_not_eligible_carries_reasons() -> None:
     d = choose(candidates_for(("1.5.25", (0xA06F0,))), V("1.5.06"), V("1.5.25"))
-    assert d.action == "refuse" and d.error_code == "not-eligible"
-    assert d.selected is not None and d.selected.reasons == ("cpu-unsupported",)
+    assert d.action == "refuse"
+    assert d.error_code == "not-eligible"
+    assert d.selected is not None
+    assert d.selected.reasons == ("cpu-unsupported",)
     assert (
         d.message == "1.5.25 is not eligible: cpu-unsupported: "
         "1.5.25 supports CPUs 0xa06f0; this CPU is 0x806f8"
@@ -301,36 +313,43 @@ def test_explicit_version_not_eligible_carries_reasons() -> None:
 
 def test_explicit_older_version_is_refused_downgrades_never() -> None:
     d = choose(candidates_for(("1.5.05", CPUIDS_15)), V("1.5.06"), V("1.5.05"))
-    assert d.action == "refuse" and d.selected is not None
+    assert d.action == "refuse"
+    assert d.selected is not None
     assert d.selected.reasons == ("older-than-running",)
 
 
 def test_explicit_eligible_version_is_installed_even_if_not_newest() -> None:
     cands = candidates_for(("1.5.08", CPUIDS_15), ("1.5.09", CPUIDS_15))
     d = choose(cands, V("1.5.06"), V("1.5.08"))
-    assert d.action == "install" and d.selected is not None and d.selected.version == V("1.5.08")
+    assert d.action == "install"
+    assert d.selected is not None
+    assert d.selected.version == V("1.5.08")
 
 
 def test_explicit_running_version_is_nothing_to_do_without_allow_reinstall() -> None:
     cands = candidates_for(("1.5.06", CPUIDS_15))
     d = choose(cands, V("1.5.06"), V("1.5.06"))
-    assert d.action == "nothing-to-do" and not d.reinstall
+    assert d.action == "nothing-to-do"
+    assert not d.reinstall
 
 
 def test_reinstall_with_allow_reinstall_needs_the_other_checks() -> None:
     cands = candidates_for(("1.5.06", CPUIDS_15))
     d = choose(cands, V("1.5.06"), V("1.5.06"), allow_reinstall=True)
-    assert d.action == "install" and d.reinstall
+    assert d.action == "install"
+    assert d.reinstall
     bad = candidates_for(("1.5.06", (0xA06F0,)))
     d = choose(bad, V("1.5.06"), V("1.5.06"), allow_reinstall=True)
-    assert d.action == "refuse" and d.error_code == "not-eligible"
+    assert d.action == "refuse"
+    assert d.error_code == "not-eligible"
 
 
 def test_refused_decision_raises_data_error() -> None:
     d = choose(candidates_for(("1.5.25", (0xA06F0,))), V("1.5.06"), V("1.5.25"))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(DataError) as info:
         d.raise_if_refused()
-    assert getattr(info.value, "exit_code", None) == 65 and info.value.code == "not-eligible"  # type: ignore[attr-defined]
+    assert info.value.exit_code == 65
+    assert info.value.code == "not-eligible"
 
 
 # --- table over Intel's current mapping file ------------------------------------------------
@@ -441,7 +460,8 @@ def test_property_eligible_iff_no_reasons_and_never_downgrades(
     c = evaluate_one(cand, release(str(cand), min_td="1.0.00"), img((cpu,)), host, Options())
     assert c.eligible == (c.reasons == ())
     if c.eligible:
-        assert cand.stream == running.stream and cand > running
+        assert cand.stream == running.stream
+        assert cand > running
     d = choose([c], running)
     if d.selected is not None:
         assert d.selected.version > running

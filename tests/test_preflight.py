@@ -28,6 +28,7 @@ def test_discover_busy_status_is_upload_busy(tmp_path: Path) -> None:
         f'{root}/sys/class/firmware/tdx_module/status is "transferring", not "idle": another '
         "upload is in progress; try again when it finishes"
     )
+    assert check.code is not None
     assert EXIT_CODES[check.code] == 75
 
 
@@ -127,23 +128,27 @@ def test_a_permanent_failure_beats_an_earlier_transient_one(tmp_path: Path) -> N
     # neither: the permanent one is reported whatever the order.
     _, facts = host_facts(tmp_path, status="transferring", remaining=0, online="0-2")
     error = preflight.first_failure(facts)
-    assert error is not None and (error.code, error.exit_code) == ("no-remaining-updates", 69)
+    assert error is not None
+    assert (error.code, error.exit_code) == ("no-remaining-updates", 69)
 
 
 def test_without_a_permanent_failure_the_first_transient_one_is_reported(tmp_path: Path) -> None:
     _, facts = host_facts(tmp_path, status="transferring", online="0-2")
     error = preflight.first_failure(facts)
-    assert error is not None and (error.code, error.exit_code) == ("upload-busy", 75)
+    assert error is not None
+    assert (error.code, error.exit_code) == ("upload-busy", 75)
 
 
 def test_permission_denied_is_permanent(tmp_path: Path) -> None:
     root = build_host_tree(tmp_path / "host", status="transferring")
     facts = host.discover(faulty_reads(root, {f"{T}/seamldr_version": errno.EACCES}))
     error = preflight.first_failure(facts)
-    assert error is not None and (error.code, error.exit_code) == ("permission-denied", 77)
+    assert error is not None
+    assert (error.code, error.exit_code) == ("permission-denied", 77)
 
 
 def test_update_preflight_error_is_first_failure() -> None:
     from tdxupdate import update
 
-    assert update.preflight_error is preflight.first_failure
+    # the name update.py imported (not re-exported: read from its globals)
+    assert vars(update)["preflight_error"] is preflight.first_failure

@@ -132,7 +132,8 @@ def test_a_key_not_written_is_left_out_and_null_is_kept() -> None:
     doc = UpdateDoc(dry_run=True)
     assert list(doc.to_json()) == list(UpdateDoc.HEAD)
     doc.remaining_after = None
-    assert doc.to_json()["remaining_after"] is None and doc.signer is UNSET
+    assert doc.to_json()["remaining_after"] is None
+    assert doc.signer is UNSET
 
 
 def test_an_update_document_keeps_the_order_it_has_always_had() -> None:
@@ -161,8 +162,10 @@ def test_an_update_document_keeps_the_order_it_has_always_had() -> None:
     report.update.plan = UNSET
     tail = ["host", "candidates", "tcb", "svn_gain", "remaining_after"]
     assert list(report.document())[-len(tail) :] == tail
-    assert doc["schema_version"] == SCHEMA_VERSION and doc["tool_version"] == __version__
-    assert doc["ok"] is False and doc["error"]["code"] == "device-busy"
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert doc["tool_version"] == __version__
+    assert doc["ok"] is False
+    assert doc["error"]["code"] == "device-busy"
     assert doc["selected"] == candidate().to_json()
 
 
@@ -200,8 +203,10 @@ def test_warnings_are_kept_once_and_shown_live_once() -> None:
     report = Report("list", live_warn=shown.append)
     report.warn("format-retry", "first")
     report.warn("format-retry", "second")
-    assert report.warnings == ["format-retry"] and shown == ["first"]
-    assert report.shown == {"format-retry"} and report.warning_text["format-retry"] == "first"
+    assert report.warnings == ["format-retry"]
+    assert shown == ["first"]
+    assert report.shown == {"format-retry"}
+    assert report.warning_text["format-retry"] == "first"
 
 
 def test_the_dead_exit_code_is_gone() -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,8 @@ def test_an_unsafe_state_dir_is_refused_by_history(
     make_unsafe(state, how)
     code, doc, err = cli(capsys, "--history", "--json", "--state-dir", state)
     assert code == 77
-    assert doc["ok"] is False and doc["error"]["exit_code"] == 77
+    assert doc["ok"] is False
+    assert doc["error"]["exit_code"] == 77
     assert doc["error"]["code"] == "permission-denied"
     assert err.count("\n") == 1, err
     assert err.startswith(f"tdxupdate: {state}: refusing the state directory: it is ")
@@ -246,14 +247,16 @@ def test_a_fifo_in_place_of_a_state_file_is_refused(tmp_path: Path, name: str) -
     state = tmp_path / "state"
     state.mkdir()
     os.mkfifo(state / name)
+    write: Callable[[], object] = (
+        (lambda: lock.acquire(state))
+        if name == lock.LOCK_FILE
+        else (lambda: history.append(state, record()))
+    )
     with pytest.raises(PermissionDenied, match="is not a regular file"):
-        if name == lock.LOCK_FILE:
-            lock.acquire(state)
-        else:
-            history.append(state, record())
+        write()
     # Reading one must not block waiting for a writer either.
+    os.rename(state / name, state / history.HISTORY_FILE)
     with pytest.raises(PermissionDenied, match="is not a regular file"):
-        os.rename(state / name, state / history.HISTORY_FILE)
         history.load(state)
 
 
@@ -324,7 +327,8 @@ def test_a_planted_cache_file_is_not_used_offline(
     else:
         make_unsafe(planted, how)
     code, doc, err = cli(capsys, *list_offline(tmp_path, cache_dir))
-    assert code != 0 and "candidates" not in doc
+    assert code != 0
+    assert "candidates" not in doc
     assert doc["error"]["code"] == "mapping-not-found", doc
     assert f"{MAPPING_URL}: not in the cache" in err
     assert not os.path.lexists(planted)  # treated as corrupt: removed, never served

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -38,9 +39,11 @@ def _public(key: RsaKey) -> rsa.RSAPublicKey:
 def test_generated_key_has_the_sigstruct_shape(pure_key: RsaKey) -> None:
     assert pure_key.n.bit_length() == 3072
     assert pure_key.e == 65537
-    assert pure_key.p is not None and pure_key.q is not None
+    assert pure_key.p is not None
+    assert pure_key.q is not None
     assert pure_key.p * pure_key.q == pure_key.n
-    assert is_probable_prime(pure_key.p) and is_probable_prime(pure_key.q)
+    assert is_probable_prime(pure_key.p)
+    assert is_probable_prime(pure_key.q)
     assert len(pure_key.modulus_le()) == 384
     assert int.from_bytes(pure_key.modulus_le(), "little") == pure_key.n
     assert pure_key.fingerprint == hashlib.sha256(pure_key.modulus_le()).hexdigest()
@@ -91,7 +94,8 @@ def test_encoding_is_what_cryptography_signs() -> None:
     assert em[:2] == b"\x00\x01"
     assert em[-67:-48] == SHA384_DIGEST_INFO
     assert em[-48:] == hashlib.sha384(message).digest()
-    assert set(em[2 : 384 - 68]) == {0xFF} and em[384 - 68] == 0
+    assert set(em[2 : 384 - 68]) == {0xFF}
+    assert em[384 - 68] == 0
 
 
 def test_encoding_needs_room_for_the_digest_info() -> None:
@@ -167,7 +171,7 @@ def test_json_round_trip(pure_key: RsaKey) -> None:
 def test_json_errors_name_the_field(change: dict[str, object], message: str) -> None:
     key = generate_key(1024, rng=random.Random(1))
     doc = json.loads(key.to_json()) | change
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError, match=re.escape(message)) as exc:
         RsaKey.from_json(doc)
     assert str(exc.value) == message
 

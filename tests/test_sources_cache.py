@@ -28,7 +28,8 @@ def test_leftover_temporary_files_are_swept_and_a_misnamed_file_is_never_served(
     (images_dir / wrong).write_bytes(b"good bytes")  # content that does not match its name
 
     Cache(tmp_path)
-    assert not old.exists() and fresh.exists()
+    assert not old.exists()
+    assert fresh.exists()
     assert cache.load("images", digest) == b"good bytes"
     assert cache.load("images", wrong) is None
     assert not (images_dir / wrong).exists()

@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 
 import pytest
 import trustme
-from factories.httpserver import MirrorServer, Status, ca_bundle, with_tuning
+from factories.httpserver import (
+    MirrorServer,
+    ServerThread,
+    Status,
+    ca_bundle,
+    clear_proxy_env,
+    tls_context,
+    with_tuning,
+)
 from factories.images import make_image, mapping_document, trusted_signers
 
 from tdxupdate import lock
@@ -107,15 +115,9 @@ class TrickleMirror:
     _server: _TrickleServer = field(init=False)
 
     def __post_init__(self) -> None:
-        import ssl
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1").configure_cert(context)
-        self._server = _TrickleServer(context)
+        self._server = _TrickleServer(tls_context(self.ca, ("127.0.0.1",)))
         self.url = f"https://127.0.0.1:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = ServerThread(self._server, self._server.stopping)
 
     def put(self, path: str, data: bytes, *, trickle: bool = False) -> None:
         self._server.files[path] = data
@@ -131,10 +133,7 @@ class TrickleMirror:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
 
 def _mapping() -> bytes:
@@ -153,11 +152,7 @@ def bundle(ca: trustme.CA, tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture
@@ -260,8 +255,10 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
     message = caught.value.message
     assert caught.value.code == "network-error"
     prefix = f"{trickling.url}mapping_file.json: gave up after 1 s (the mirror sent "
-    assert message.startswith(prefix) and message.endswith(" bytes in that time)")
-    assert message.isprintable() and "\n" not in message
+    assert message.startswith(prefix)
+    assert message.endswith(" bytes in that time)")
+    assert message.isprintable()
+    assert "\n" not in message
     # the bytes of the chunk the watchdog cut short are counted too
     assert int(message[len(prefix) :].split()[0]) > 0
 
@@ -388,8 +385,7 @@ class FakeClock:
 
 @pytest.fixture
 def mirror(ca: trustme.CA) -> Iterator[MirrorServer]:
-    with MirrorServer(tls=ca) as server:
-        server.put_repo({VERSION: make_image(VERSION)})
+    with MirrorServer(tls=ca, repo={VERSION: make_image(VERSION)}) as server:
         yield server
 
 

@@ -19,7 +19,7 @@ import json
 import subprocess
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +31,7 @@ from factories.httpserver import (
     Body,
     ConnectProxy,
     Drop,
+    Fault,
     MirrorServer,
     Oversize,
     Pass,
@@ -39,6 +40,7 @@ from factories.httpserver import (
     Stall,
     Status,
     ca_bundle,
+    clear_proxy_env,
     with_tuning,
 )
 from factories.images import make_image, mapping_document, trusted_signers, write_repo
@@ -86,8 +88,7 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture
 def mirror(ca: trustme.CA, images: dict[str, bytes]) -> Iterator[MirrorServer]:
-    with MirrorServer(tls=ca) as server:
-        server.put_repo(images)
+    with MirrorServer(tls=ca, repo=images) as server:
         yield server
 
 
@@ -114,11 +115,7 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests talk to 127.0.0.1 directly unless they set a proxy themselves."""
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -251,7 +248,9 @@ def test_read_downloads_the_selected_image_once_into_the_content_addressed_store
     assert store(cache_dir, "images") == [sha(data)]
     assert (cache_dir / "remote" / "images" / "sha256" / sha(data)).read_bytes() == data
     entry = Cache(cache_dir / "remote").entry(mirror.url + blob(NEWEST).lstrip("/"))
-    assert entry is not None and entry.sha256 == sha(data) and entry.size == IMAGE_SIZE
+    assert entry is not None
+    assert entry.sha256 == sha(data)
+    assert entry.size == IMAGE_SIZE
     assert entry.etag == f'"{sha(data)[:20]}"'
 
 
@@ -395,7 +394,8 @@ def test_an_unreadable_index_entry_is_a_cache_miss(
         second.catalog()
     assert [r.status for r in mirror.requests(MAPPING)] == [200, 200]
     entry = Cache(cache_dir / "remote").entry(f"{mirror.url}mapping_file.json")
-    assert entry is not None and entry.etag is not None
+    assert entry is not None
+    assert entry.etag is not None
 
 
 def test_a_truncated_download_leaves_nothing_in_the_cache(
@@ -406,7 +406,8 @@ def test_a_truncated_download_leaves_nothing_in_the_cache(
         mirror.inject(blob(NEWEST), *[Short(5000)] * 4)
         with pytest.raises(IOFailure) as caught:
             fetch(repo, ref)
-    assert caught.value.code == "network-error" and caught.value.exit_code == 74
+    assert caught.value.code == "network-error"
+    assert caught.value.exit_code == 74
     assert caught.value.message == (
         f"{ref.location}: body truncated: received 5000 of {IMAGE_SIZE} bytes (after 4 attempts)"
     )
@@ -515,7 +516,8 @@ def test_an_invalid_mapping_is_refused_and_the_good_copy_stays_for_offline_use(
     mirror.put(MAPPING, b'{"Header": {"Version": "1.0"}, "tdx_module_releases": [{}]}')
     with open_mirror(mirror, bundle, cache_dir, tuning) as second, pytest.raises(DataError) as e:
         second.catalog()
-    assert e.value.code == "mapping-invalid" and e.value.exit_code == 65
+    assert e.value.code == "mapping-invalid"
+    assert e.value.exit_code == 65
     assert e.value.message.startswith(f"{mirror.url}mapping_file.json: $.tdx_module_releases[0]")
     with open_mirror(mirror, bundle, cache_dir, tuning, offline=True) as offline:
         assert len(offline.catalog().releases) == len(FORMATS)
@@ -533,8 +535,7 @@ def test_offline_uses_what_was_verified_before_and_says_how_old_the_mapping_is(
     tuning: Tuning,
 ) -> None:
     fetched = 1_767_268_800.0  # 2026-01-01T12:00:00Z
-    with MirrorServer(tls=ca) as server:
-        server.put_repo(images)
+    with MirrorServer(tls=ca, repo=images) as server:
         url = server.url
         with open_mirror(server, bundle, cache_dir, tuning, clock=lambda: fetched) as online:
             listing(online)
@@ -567,7 +568,8 @@ def test_offline_with_nothing_cached_is_mapping_not_found(
         pytest.raises(NotFound) as caught,
     ):
         repo.catalog()
-    assert caught.value.code == "mapping-not-found" and caught.value.exit_code == 66
+    assert caught.value.code == "mapping-not-found"
+    assert caught.value.exit_code == 66
     assert caught.value.message == (
         f"{mirror.url}mapping_file.json: not in the cache ({cache_dir / 'remote'}) and "
         "--offline forbids fetching it"
@@ -598,16 +600,19 @@ def test_offline_an_image_only_listed_before_cannot_be_read(
 
 
 def _fails(repo: RemoteRepository, call: str = "catalog", ref: ImageRef | None = None) -> TdxError:
+    calls: dict[str, Callable[[], object]] = {
+        "catalog": repo.catalog,
+        "head": lambda: repo.head(_given(ref)),
+        "read": lambda: fetch(repo, _given(ref)),
+    }
     with pytest.raises(TdxError) as caught:
-        if call == "catalog":
-            repo.catalog()
-        elif call == "head":
-            assert ref is not None
-            repo.head(ref)
-        else:
-            assert ref is not None
-            fetch(repo, ref)
+        calls[call]()
     return caught.value
+
+
+def _given(ref: ImageRef | None) -> ImageRef:
+    assert ref is not None
+    return ref
 
 
 def test_connection_refused_is_a_network_error_after_retries(
@@ -685,10 +690,11 @@ def test_tls_without_the_internal_ca_fails_verification_with_a_hint(
 def test_tls_certificate_for_another_host_is_refused(
     ca: trustme.CA, images: dict[str, bytes], bundle: Path, cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer(tls=ca, hostnames=("mirror.example",)) as server:
-        server.put_repo(images)
-        with open_mirror(server, bundle, cache_dir, tuning) as repo:
-            error = _fails(repo)
+    with (
+        MirrorServer(tls=ca, hostnames=("mirror.example",), repo=images) as server,
+        open_mirror(server, bundle, cache_dir, tuning) as repo,
+    ):
+        error = _fails(repo)
     assert error.code == "network-error"
     assert error.message.startswith(
         f"{server.url}mapping_file.json: TLS certificate is not valid for host '127.0.0.1' ("
@@ -819,7 +825,8 @@ def test_a_different_image_than_the_one_listed_is_refused(
 ) -> None:
     """The policy chose on the listed head: a download that starts differently is not it."""
     impostor = make_image(NEWEST, fmt=FORMAT_A, module_pages=6, cpuids=(0xA06D0,))
-    assert len(impostor) == IMAGE_SIZE and impostor[:HEAD_SIZE] != images[NEWEST][:HEAD_SIZE]
+    assert len(impostor) == IMAGE_SIZE
+    assert impostor[:HEAD_SIZE] != images[NEWEST][:HEAD_SIZE]
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         listing(repo)
         ref = ref_of(repo, NEWEST)
@@ -889,8 +896,7 @@ def test_an_empty_image_file_gives_an_empty_head_for_inspect_to_refuse(
 def test_plain_http_is_refused_without_allow_insecure_http(
     images: dict[str, bytes], cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as server:
-        server.put_repo(images)
+    with MirrorServer(repo=images) as server:
         with pytest.raises(UsageError) as caught:
             open_mirror(server, None, cache_dir, tuning)
         assert server.log == []
@@ -905,12 +911,13 @@ def test_plain_http_is_refused_without_allow_insecure_http(
 def test_allow_insecure_http_works_and_says_so(
     images: dict[str, bytes], cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as server:
-        server.put_repo(images)
-        with open_mirror(server, None, cache_dir, tuning, allow_insecure_http=True) as repo:
-            listing(repo)
-            assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
-            warnings = dict(repo.warnings)
+    with (
+        MirrorServer(repo=images) as server,
+        open_mirror(server, None, cache_dir, tuning, allow_insecure_http=True) as repo,
+    ):
+        listing(repo)
+        assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
+        warnings = dict(repo.warnings)
     assert warnings == {
         "insecure-http": f"--allow-insecure-http: {server.url}mapping_file.json, {server.url} is "
         "plain http: anyone on the network path can choose which modules are offered (images "
@@ -921,8 +928,7 @@ def test_allow_insecure_http_works_and_says_so(
 def test_a_redirect_from_https_to_plain_http_is_refused(
     mirror: MirrorServer, images: dict[str, bytes], bundle: Path, cache_dir: Path, tuning: Tuning
 ) -> None:
-    with MirrorServer() as plain:
-        plain.put_repo(images)
+    with MirrorServer(repo=images) as plain:
         mirror.inject(MAPPING, Redirect(f"{plain.url}mapping_file.json"))
         with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
             error = _fails(repo)
@@ -982,7 +988,9 @@ def test_a_password_in_the_url_is_used_but_never_shown_or_stored(
         fetch(repo, ref)
         mirror.remove(blob("1.5.06"))
         error = _fails(repo, "read", ref_of(repo, "1.5.06"))
-    assert "s3cret" not in shown and "s3cret" not in ref.location and "fleet:***@" in shown
+    assert "s3cret" not in shown
+    assert "s3cret" not in ref.location
+    assert "fleet:***@" in shown
     assert "s3cret" not in error.message
     assert all(r.headers.get("authorization", "").startswith("Basic ") for r in mirror.log)
     for path in (cache_dir / "remote").rglob("*"):
@@ -1032,7 +1040,8 @@ def test_https_proxy_from_the_environment_tunnels_with_the_internal_ca(
             listing(repo)
             assert fetch(repo, ref_of(repo, NEWEST)) == images[NEWEST]
         tunnels = proxy.tunnels
-    assert tunnels and set(tunnels) == {f"127.0.0.1:{mirror.port}"}
+    assert tunnels
+    assert set(tunnels) == {f"127.0.0.1:{mirror.port}"}
     assert len(mirror.log) == 1 + len(FORMATS) + 1
 
 
@@ -1184,7 +1193,8 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
         assert done.error is None, done.error
         assert (done.document()["changed"], done.document()["to_version"]) == (True, target)
         state = sim.state()
-        assert start != target and state["module_version"] == target
+        assert start != target
+        assert state["module_version"] == target
         # the real run moved no image bytes: every image request was a revalidation (the
         # sample mapping also lists a version without an image: that one stays a 404)
         assert image_bytes(server) == 0
@@ -1197,8 +1207,10 @@ def test_update_from_the_mirror_onto_the_emulated_host_moves_the_image_once(
         server.reset_log()
 
         again = run_action(settings)
-        assert again.error is None and again.document()["changed"] is False
-        assert image_bytes(server) == 0 and server.body_bytes(MAPPING) == 0
+        assert again.error is None
+        assert again.document()["changed"] is False
+        assert image_bytes(server) == 0
+        assert server.body_bytes(MAPPING) == 0
 
 
 @pytest.mark.fuse
@@ -1219,7 +1231,7 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
     sim_cache: Path,
     tuning: Tuning,
     monkeypatch: pytest.MonkeyPatch,
-    faults: list[object] | str,
+    faults: list[Fault] | str,
 ) -> None:
     from tdxupdate.cli import run_action
 
@@ -1232,19 +1244,20 @@ def test_a_network_fault_while_downloading_sends_nothing_to_the_kernel(
         plan = run_action(replace(settings, dry_run=True, cache_dir=tmp_path / "plan-cache"))
         assert plan.error is None, plan.error
         path = "/" + plan.document()["selected"]["path"].removeprefix(server.url)
-        if faults == "impostor":
+        if isinstance(faults, str):  # "impostor"
             other = next(p for p in published if p.endswith(".blob") and p != path)
-            injected: list[object] = [Pass(), Body(published[other])]
+            injected: list[Fault] = [Pass(), Body(published[other])]
         else:
-            injected = [Pass(), *faults]  # type: ignore[list-item]
-        server.inject(path, *injected)  # type: ignore[arg-type]
+            injected = [Pass(), *faults]
+        server.inject(path, *injected)
 
         report = run_action(settings)
         state = sim.state()
     assert report.error is not None
     assert (report.error.code, report.error.exit_code) == ("network-error", 74)
     assert report.error.message.startswith(server.url + path.lstrip("/") + ": ")
-    assert state["uploads"] == [] and state["received_size"] == 0
+    assert state["uploads"] == []
+    assert state["received_size"] == 0
     assert not (tmp_path / "state" / "history.jsonl").exists()
     assert store(tmp_path / "cache", "images") == []
 
@@ -1368,7 +1381,9 @@ def test_a_forged_reason_phrase_is_escaped_in_the_error_and_the_log(
     with open_mirror(mirror, bundle, cache_dir, tuning) as repo:
         error = _fails(repo)
     assert error.message.isprintable()
-    assert "\\x0d" in error.message and "\\x1b[2J" in error.message and "\\x9b" in error.message
+    assert "\\x0d" in error.message
+    assert "\\x1b[2J" in error.message
+    assert "\\x9b" in error.message
     stream = io.StringIO()
     logger = logging.getLogger("tdxupdate.test-forged")
     handler = logging.StreamHandler(stream)
@@ -1379,8 +1394,12 @@ def test_a_forged_reason_phrase_is_escaped_in_the_error_and_the_log(
     finally:
         logger.removeHandler(handler)
     out = stream.getvalue()
-    assert out.count("\n") == 1 and out.startswith("tdxupdate: ")
-    assert "\x1b" not in out and "\r" not in out and "\x85" not in out and "\x9b" not in out
+    assert out.count("\n") == 1
+    assert out.startswith("tdxupdate: ")
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert "\x85" not in out
+    assert "\x9b" not in out
 
 
 @pytest.mark.parametrize("url", ["https://[::1/tdx/", "https://[::1]:99999/tdx/"])
@@ -1429,7 +1448,8 @@ def test_verify_of_a_mirror_reports_a_missing_image_and_checks_the_others(
     entries = _by_version(report)
     assert list(entries) == ["2.0.02", "1.5.09", "1.5.08", "1.5.06"]
     missing = entries["1.5.08"]
-    assert missing["ok"] is False and missing["path"] == _url_of(mirror, "1.5.08")
+    assert missing["ok"] is False
+    assert missing["path"] == _url_of(mirror, "1.5.08")
     checks = missing["checks"]
     assert checks[0] == {  # type: ignore[index]
         "name": "container",
@@ -1533,7 +1553,8 @@ def test_cli_verify_json_of_a_mirror_agrees_with_the_exit_status(
     mirror.inject(blob("1.5.06"), *[Drop()] * 4)
     assert main(argv) == 74
     out, err = capsys.readouterr()
-    assert "1.5.08" in out and "1.5.06" in out  # the text report lists every image
+    assert "1.5.08" in out
+    assert "1.5.06" in out  # the text report lists every image
     errors = [line for line in err.splitlines() if "failed verification" in line]
     assert len(errors) == 1
 
@@ -1586,7 +1607,8 @@ def test_cli_a_malformed_url_is_a_usage_or_config_error_never_70(
     assert main(argv) == expected
     out, err = capsys.readouterr()
     lines = err.splitlines()
-    assert lines[0].startswith(line) and "malformed URL" not in "".join(lines[1:]), err
+    assert lines[0].startswith(line), err
+    assert "malformed URL" not in "".join(lines[1:]), err
     # --update adds its one-line summary for the journal; nothing else is said
     summary = [f"tdxupdate: update: from=1.5.06 to=unknown result={token} exit_code={expected}"]
     assert lines[1:] == (summary if action == "--update" and where != "config" else []), err
@@ -1628,6 +1650,7 @@ def test_vv_logs_every_request_and_its_answer(
         gets
     )
     ranged = [line for line in gets if "(Range: bytes=0-" in line and blob(NEWEST) in line]
-    assert ranged and "HTTP 206" in ranged[0]
+    assert ranged
+    assert "HTTP 206" in ranged[0]
     assert main([a for a in argv if a != "-vv"]) == 0
     assert "debug:" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,10 @@ def test_directory_queries(tmp_path: Path) -> None:
     (tmp_path / "dangling").symlink_to("nowhere")
     sysroot = Sysroot(tmp_path)
     assert sysroot.listdir(tmp_path / "d") == ["a", "b"]
-    assert sysroot.is_dir(tmp_path / "link") and not sysroot.is_dir(tmp_path / "d" / "a")
-    assert sysroot.exists(tmp_path / "dangling") and not sysroot.exists(tmp_path / "none")
+    assert sysroot.is_dir(tmp_path / "link")
+    assert not sysroot.is_dir(tmp_path / "d" / "a")
+    assert sysroot.exists(tmp_path / "dangling")
+    assert not sysroot.exists(tmp_path / "none")
     assert sysroot.realpath(tmp_path / "link") == os.path.realpath(tmp_path / "d")
     assert sysroot.stat(tmp_path / "d" / "a").st_size == 0
 
@@ -101,7 +104,7 @@ def test_faulty_sysroot_fails_the_chosen_path_and_operation_only(tmp_path: Path)
     (root / "sys" / "a").write_text("1\n")
     (root / "sys" / "b").write_text("2\n")
     sysroot = FaultySysroot(root).fail("/sys/a", errno.ENXIO)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="No such device or address") as info:
         sysroot.read(root / "sys" / "a")
     assert info.value.errno == errno.ENXIO
     assert sysroot.read(root / "sys" / "b") == b"2\n"
@@ -116,13 +119,14 @@ def test_faulty_sysroot_every_operation_can_fail_a_given_number_of_times(
     path = tmp_path / "attr"
     path.write_text("0\n")
     sysroot = FaultySysroot(tmp_path).fail(path, errno.EBUSY, op=op, times=1)
-    action = {
+    actions: dict[str, Callable[[], object]] = {
         "open": lambda: sysroot.read(path),
         "read": lambda: sysroot.read(path),
         "write": lambda: sysroot.write(path, b"1"),
         "stat": lambda: sysroot.stat(path),
-    }[op]
-    with pytest.raises(OSError) as info:
+    }
+    action = actions[op]
+    with pytest.raises(OSError, match="Device or resource busy") as info:
         action()
     assert info.value.errno == errno.EBUSY
     action()  # the second time it works
@@ -153,7 +157,8 @@ def test_faulty_sysroot_hang_blocks_a_read_until_released(tmp_path: Path) -> Non
     reader = threading.Thread(target=lambda: got.append(sysroot.read_once(path)))
     reader.start()
     reader.join(0.05)
-    assert reader.is_alive() and got == []
+    assert reader.is_alive()
+    assert got == []
     release.set()
     reader.join(5)
     assert got == [b"idle\n"]

@@ -244,7 +244,8 @@ def test_cron_file_has_one_job_for_root_with_valid_time_fields() -> None:
     [job] = cron_jobs()
     assert len(job) == 7
     minute, hour, dom, month, dow, user, _ = job
-    assert 0 <= int(minute) <= 59 and 0 <= int(hour) <= 23
+    assert 0 <= int(minute) <= 59
+    assert 0 <= int(hour) <= 23
     assert (dom, month, dow, user) == ("*", "*", "*", "root")
 
 
@@ -276,7 +277,8 @@ def test_boot_unit_runs_before_the_hypervisors_and_never_holds_them() -> None:
     for key in ("Requires", "Requisite", "BindsTo", "Wants", "PartOf"):
         assert values(BOOT, "Unit", key) == [], key
     after = " ".join(values(BOOT, "Unit", "After")).split()
-    assert "network-online.target" not in after and "network.target" not in after
+    assert "network-online.target" not in after
+    assert "network.target" not in after
     assert "systemd-modules-load.service" in after
     assert values(BOOT, "Install", "WantedBy") == ["multi-user.target"]
 
@@ -287,7 +289,8 @@ def test_boot_unit_failure_is_logged_not_fatal_and_bounded() -> None:
     argv = shlex.split(exec_start[1:])
     assert argv[0] == SHIPPED_EXEC
     ctx = command.make_context("tdxupdate", argv[1:])
-    assert ctx.params["a_update"] is not None and ctx.params["offline"] is True
+    assert ctx.params["a_update"] is not None
+    assert ctx.params["offline"] is True
     timeout = ctx.params["timeout"]
     [start] = values(BOOT, "Service", "TimeoutStartSec")
     m = re.fullmatch(r"(\d+)min", start)

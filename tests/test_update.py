@@ -256,7 +256,8 @@ class Tool:
             return []
         lines = path.read_text().splitlines()
         loaded = history.load(self.state_dir)
-        assert loaded.skipped == [] and len(loaded.records) == len(lines)
+        assert loaded.skipped == []
+        assert len(loaded.records) == len(lines)
         return [json.loads(line) for line in lines]
 
 
@@ -327,8 +328,10 @@ def warnings_of(doc: dict[str, Any]) -> list[str]:
 def assert_ok(res: Result) -> dict[str, Any]:
     assert res.code == 0, res.err
     doc = res.doc
-    assert doc["ok"] is True and doc["error"] is None
-    assert res.err_lines == [] and "Traceback" not in res.err
+    assert doc["ok"] is True
+    assert doc["error"] is None
+    assert res.err_lines == []
+    assert "Traceback" not in res.err
     assert len(res.summary_lines) <= 1
     return doc
 
@@ -338,40 +341,45 @@ def assert_fails(res: Result, code: int, token: str) -> dict[str, Any]:
     assert res.code == code, res.err
     doc = res.doc
     assert doc["ok"] is False
-    assert doc["error"]["code"] == token and doc["error"]["exit_code"] == code
+    assert doc["error"]["code"] == token
+    assert doc["error"]["exit_code"] == code
     assert res.err_lines == [f"tdxupdate: {doc['error']['message']}"]
     assert "Traceback" not in res.err
     assert len(res.summary_lines) <= 1
     return doc
 
 
-def assert_record(
-    rec: dict[str, Any],
-    repo: Repo,
-    *,
-    result: str,
-    image_format: int,
-    kernel_error: str | None = None,
-    before: int = 8,
-    after: int | None = 8,
-    to: str = TARGET,
-    attempt: int = 1,
-) -> None:
+@dataclass(frozen=True)
+class Attempt:
+    """What one history line of an attempt at ``to`` must say (cli-contract.md §5)."""
+
+    result: str
+    image_format: int
+    kernel_error: str | None = None
+    before: int = 8
+    after: int | None = 8
+    attempt: int = 1
+
+
+def assert_record(rec: dict[str, Any], repo: Repo, expected: Attempt, *, to: str = TARGET) -> None:
     """One history line (cli-contract.md §5)."""
     assert set(HISTORY_FIELDS) <= set(rec), rec
     assert RFC3339_UTC.match(rec["time"]), rec["time"]
     assert datetime.strptime(rec["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) <= (
         datetime.now(UTC)
     )
-    assert rec["from_version"] == RUNNING and rec["to_version"] == to
+    assert rec["from_version"] == RUNNING
+    assert rec["to_version"] == to
     assert rec["image_sha256"] == repo.sha(to)  # of the file in the repository, not what was sent
-    assert rec["image_format"] == fmt(image_format)
-    assert rec["result"] == result
-    assert rec["kernel_error"] == kernel_error
-    assert isinstance(rec["duration_s"], int | float) and rec["duration_s"] >= 0
-    assert rec["remaining_before"] == before and rec["remaining_after"] == after
+    assert rec["image_format"] == fmt(expected.image_format)
+    assert rec["result"] == expected.result
+    assert rec["kernel_error"] == expected.kernel_error
+    assert isinstance(rec["duration_s"], int | float)
+    assert rec["duration_s"] >= 0
+    assert rec["remaining_before"] == expected.before
+    assert rec["remaining_after"] == expected.after
     assert rec["tool_version"] == __version__
-    assert rec["attempt"] == attempt
+    assert rec["attempt"] == expected.attempt
 
 
 REFUSED_B = {
@@ -382,11 +390,11 @@ REFUSED_B = {
 
 
 def expect_history(tool: Tool, *expected: dict[str, Any], to: str = TARGET) -> list[dict[str, Any]]:
-    """The history holds exactly these records (fields of :func:`assert_record`), in order."""
+    """The history holds exactly these records (fields of :class:`Attempt`), in order."""
     records = tool.records()
     assert len(records) == len(expected), records
     for rec, want in zip(records, expected, strict=True):
-        assert_record(rec, tool.repo, to=to, **want)
+        assert_record(rec, tool.repo, Attempt(**want), to=to)
     return records
 
 
@@ -406,13 +414,15 @@ def assert_untouched(h: SimHost, *, module: str = RUNNING, remaining: int = 8) -
     assert state["uploads"] == []
     assert state["upload"]["counters"] == {}  # no loading=, data or cancel write
     assert state["received_size"] == 0
-    assert state["module_version"] == module and state["num_remaining_updates"] == remaining
+    assert state["module_version"] == module
+    assert state["num_remaining_updates"] == remaining
 
 
 def assert_unchanged(h: SimHost, *, remaining: int = 8) -> None:
     state = h.state()
     assert state["module_lost"] is False
-    assert state["module_version"] == RUNNING and state["num_remaining_updates"] == remaining
+    assert state["module_version"] == RUNNING
+    assert state["num_remaining_updates"] == remaining
 
 
 # --- success in every format, every generation -------------------------------------------------
@@ -427,8 +437,11 @@ def test_update_succeeds_and_converts_to_the_kernels_format(
     kfmt = KERNEL_FORMAT[series]
     res = tool("--update", version, "--json")
     doc = assert_ok(res)
-    assert doc["changed"] is True and doc["fatal"] is False and doc["kernel_error"] is None
-    assert doc["from_version"] == RUNNING and doc["to_version"] == version
+    assert doc["changed"] is True
+    assert doc["fatal"] is False
+    assert doc["kernel_error"] is None
+    assert doc["from_version"] == RUNNING
+    assert doc["to_version"] == version
     assert doc["selected"]["version"] == version
     assert doc["host"]["generation"] == HOST_GENERATION[series]
     assert doc["host"]["image_format"] == fmt(FIRST_FORMAT[series])
@@ -437,9 +450,11 @@ def test_update_succeeds_and_converts_to_the_kernels_format(
     assert len(res.warning_lines) == len(warnings_of(doc))
 
     state = tool.host.state()
-    assert state["module_version"] == version and state["num_remaining_updates"] == 7
+    assert state["module_version"] == version
+    assert state["num_remaining_updates"] == 7
     last = state["uploads"][-1]
-    assert last["result"] == "success" and last["format"] == fmt(kfmt)
+    assert last["result"] == "success"
+    assert last["format"] == fmt(kfmt)
     assert len(state["uploads"]) == (2 if retried else 1)
     # the file was converted byte-exactly to the format this kernel takes
     assert tool.host.received() == repo.sent(version, kfmt)
@@ -461,8 +476,10 @@ def test_already_up_to_date_writes_nothing_even_on_a_failing_host(
     tool.host.control({"module": TARGET, "remaining": 0, "online": "0-5"})
     for args, target in ((["--update"], None), (["--update", TARGET], TARGET)):
         doc = assert_ok(tool(*args, "--json"))
-        assert doc["changed"] is False and doc["from_version"] == TARGET
-        assert doc["to_version"] == target and doc["kernel_error"] is None
+        assert doc["changed"] is False
+        assert doc["from_version"] == TARGET
+        assert doc["to_version"] == target
+        assert doc["kernel_error"] is None
     assert_untouched(tool.host, module=TARGET, remaining=0)
     assert tool.records() == []  # the lock was taken (step 1), but nothing is recorded
 
@@ -472,8 +489,10 @@ def test_dry_run_writes_nothing(tool_for: Callable[[str], Tool], series: str) ->
     tool = tool_for(series)
     controls = tool.host.state()["controls"]
     doc = assert_ok(tool("--update", "--dry-run", "--json"))
-    assert doc["dry_run"] is True and doc["changed"] is False
-    assert doc["to_version"] == TARGET and doc["selected"]["version"] == TARGET
+    assert doc["dry_run"] is True
+    assert doc["changed"] is False
+    assert doc["to_version"] == TARGET
+    assert doc["selected"]["version"] == TARGET
     kind = "A (0x100)" if FIRST_FORMAT[series] == FORMAT_A else "B (0x200)"
     assert f"sent as Format {kind}" in doc["plan"]
     assert ("retried once as Format A (0x100)" in doc["plan"]) == (series in ("v8", "v10"))
@@ -484,7 +503,7 @@ def test_dry_run_writes_nothing(tool_for: Callable[[str], Tool], series: str) ->
 
 # --- preflight refusals: nothing written -------------------------------------------------------
 
-PREFLIGHT = {
+PREFLIGHT: dict[str, tuple[dict[str, Any], int]] = {
     "no-remaining-updates": ({"remaining": 0}, 69),
     "cpus-offline": ({"online": "0-5"}, 75),
     "permanent-wins": ({"remaining": 0, "online": "0-5"}, 69),
@@ -504,7 +523,8 @@ def test_preflight_refusals_write_nothing(
     for extra in (["--dry-run"], []):
         assert_fails(tool("--update", *extra, "--json"), code, token)
     state = tool.host.state()
-    assert state["uploads"] == [] and state["upload"]["counters"] == {}
+    assert state["uploads"] == []
+    assert state["upload"]["counters"] == {}
     assert tool.records() == []
 
 
@@ -551,7 +571,8 @@ def test_refusals_of_hosts_without_an_update_path(
     for extra in (["--dry-run"], []):
         doc = assert_fails(tool("--update", *extra, "--json"), code, token)
         assert says in doc["error"]["message"]
-    assert host.state()["uploads"] == [] and tool.records() == []
+    assert host.state()["uploads"] == []
+    assert tool.records() == []
 
 
 # --- kernel errors, per generation ---------------------------------------------------------------
@@ -564,10 +585,12 @@ def test_kernel_error_is_exit_1_and_nothing_changed(
     tool = tool_for(series)
     tool.host.control({"fault": "transferring:hw-error"})
     doc = assert_fails(tool("--update", "--json"), 1, "kernel-error")
-    assert doc["kernel_error"] == "transferring:hw-error" and doc["fatal"] is False
+    assert doc["kernel_error"] == "transferring:hw-error"
+    assert doc["fatal"] is False
     assert doc["changed"] is False
     message = doc["error"]["message"]
-    assert "hw-error" in message and f"still reads {RUNNING}" in message
+    assert "hw-error" in message
+    assert f"still reads {RUNNING}" in message
     assert_unchanged(tool.host)
     expect_history(
         tool,
@@ -595,7 +618,8 @@ def test_device_busy_is_exit_75_where_the_kernel_says_so(
         # mainline reports every driver errno as firmware-invalid: the tool cannot tell
         doc = assert_fails(tool("--update", "--json"), 1, "kernel-error")
         result = "failed"
-    assert doc["kernel_error"] == kernel_error and doc["fatal"] is False
+    assert doc["kernel_error"] == kernel_error
+    assert doc["fatal"] is False
     assert_unchanged(tool.host)
     expect_history(
         tool,
@@ -625,12 +649,16 @@ def test_module_lost_is_fatal_exit_1(
         kernel_error, first = f"transferring:{SEAMLDR_EIO[series]}", retried_first(series)
         sent, more = KERNEL_FORMAT[series], retry_of(series)
     doc = assert_fails(tool("--update", "--json"), 1, "module-lost")
-    assert doc["fatal"] is True and doc["changed"] is False
+    assert doc["fatal"] is True
+    assert doc["changed"] is False
     assert doc["kernel_error"] == kernel_error
     message = doc["error"]["message"]
-    assert "the TDX module is lost" in message and "reboot" in message and "may" not in message
+    assert "the TDX module is lost" in message
+    assert "reboot" in message
+    assert "may" not in message
     state = tool.host.state()
-    assert state["module_lost"] is True and state["module_version"] is None
+    assert state["module_lost"] is True
+    assert state["module_version"] is None
     records = expect_history(
         tool,
         *first,
@@ -660,7 +688,8 @@ def test_cpu_going_offline_during_the_upload(
     doc = assert_fails(finish(proc), code, token)
     assert doc["kernel_error"] == kernel_error
     lost = token == "module-lost"
-    assert doc["fatal"] is lost and tool.host.state()["module_lost"] is lost
+    assert doc["fatal"] is lost
+    assert tool.host.state()["module_lost"] is lost
     result = "module-lost" if lost else "device-busy"
     expect_history(tool, {"result": result, "image_format": FORMAT_A, "kernel_error": kernel_error})
 
@@ -672,7 +701,9 @@ def test_success_with_the_wrong_version_is_exit_1(
     tool = tool_for(series)
     tool.host.control({"fault": "wrong-version"})
     doc = assert_fails(tool("--update", "--json"), 1, "version-mismatch")
-    assert doc["changed"] is False and doc["fatal"] is False and doc["kernel_error"] is None
+    assert doc["changed"] is False
+    assert doc["fatal"] is False
+    assert doc["kernel_error"] is None
     assert f"running version is {RUNNING}, not {TARGET}" in doc["error"]["message"]
     assert_unchanged(tool.host, remaining=7)  # the kernel spent an update
     expect_history(
@@ -695,8 +726,10 @@ def test_hang_times_out_then_the_next_run_finds_it_busy(
     tool.host.control({"fault": "hang", "times": 1})
     doc = assert_fails(tool("--update", "--json", "--timeout", "0.3"), 75, "timeout")
     message = doc["error"]["message"]
-    assert "within 0.3 s" in message and "still 'transferring'" in message
-    assert doc["kernel_error"] is None and doc["changed"] is False
+    assert "within 0.3 s" in message
+    assert "still 'transferring'" in message
+    assert doc["kernel_error"] is None
+    assert doc["changed"] is False
     first = FIRST_FORMAT[series]
     expect_history(tool, {"result": "timeout", "image_format": first, "after": None})
 
@@ -736,10 +769,12 @@ def test_every_error_token_at_every_stage(
     else:
         doc = assert_fails(tool("--update", "--json"), 1, "kernel-error")
         result = "failed"
-    assert doc["kernel_error"] == kernel_error and doc["fatal"] is False
+    assert doc["kernel_error"] == kernel_error
+    assert doc["fatal"] is False
     assert doc["changed"] is False
     message = doc["error"]["message"]
-    assert token in message and f"still reads {RUNNING}" in message
+    assert token in message
+    assert f"still reads {RUNNING}" in message
     assert_unchanged(tool.host)
     (up,) = tool.host.state()["uploads"]
     assert up["error"] == kernel_error
@@ -754,7 +789,8 @@ def test_fatal_error_at_every_stage_is_module_lost(
     tool = tool_for("ml")
     tool.host.control({"fault": f"{stage}:{token}:fatal"})
     doc = assert_fails(tool("--update", "--json"), 1, "module-lost")
-    assert doc["fatal"] is True and doc["kernel_error"] == f"{stage}:{token}"
+    assert doc["fatal"] is True
+    assert doc["kernel_error"] == f"{stage}:{token}"
     assert doc["error"]["message"] == (
         f"the update failed after the old module was shut down (kernel error {stage}:{token}): "
         "the TDX module is lost, every running TD has been killed, and TDX is unusable until "
@@ -773,14 +809,16 @@ def test_fatal_error_at_every_stage_is_module_lost(
 def test_explicit_format_disables_the_retry(tool_for: Callable[[str], Tool]) -> None:
     tool = tool_for("v8")
     doc = assert_fails(tool("--update", "--json", "--image-format", "0x200"), 1, "kernel-error")
-    assert warnings_of(doc) == [] and doc["host"]["image_format_fallback"] is None
+    assert warnings_of(doc) == []
+    assert doc["host"]["image_format_fallback"] is None
     assert doc["kernel_error"] == "transferring:firmware-invalid"
     assert_unchanged(tool.host)
     assert len(tool.host.state()["uploads"]) == 1
     expect_history(tool, dict(REFUSED_B))
 
     doc = assert_ok(tool("--update", "--json", "--image-format", "0x100"))
-    assert warnings_of(doc) == [] and doc["changed"] is True
+    assert warnings_of(doc) == []
+    assert doc["changed"] is True
     assert len(tool.host.state()["uploads"]) == 2
     expect_history(
         tool, dict(REFUSED_B), {"result": "success", "image_format": FORMAT_A, "after": 7}
@@ -792,7 +830,8 @@ def test_format_retry_fails_twice_and_records_both(tool_for: Callable[[str], Too
     tool.host.control({"fault": "transferring:firmware-invalid"})
     res = tool("--update", "--json")
     doc = assert_fails(res, 1, "kernel-error")
-    assert warnings_of(doc) == ["format-retry"] and len(res.warning_lines) == 1
+    assert warnings_of(doc) == ["format-retry"]
+    assert len(res.warning_lines) == 1
     assert doc["kernel_error"] == "transferring:firmware-invalid"
     assert [u["error"] for u in tool.host.state()["uploads"]] == [
         "transferring:firmware-invalid"
@@ -805,7 +844,8 @@ def test_no_format_retry_when_the_module_was_lost(tool_for: Callable[[str], Tool
     tool = tool_for("v8")
     tool.host.control({"fault": "transferring:firmware-invalid:fatal"})
     doc = assert_fails(tool("--update", "--json"), 1, "module-lost")
-    assert warnings_of(doc) == [] and len(tool.host.state()["uploads"]) == 1
+    assert warnings_of(doc) == []
+    assert len(tool.host.state()["uploads"]) == 1
     expect_history(tool, {**REFUSED_B, "result": "module-lost"})
 
 
@@ -813,7 +853,8 @@ def test_no_format_retry_on_mainline(tool_for: Callable[[str], Tool]) -> None:
     tool = tool_for("ml")
     tool.host.control({"fault": "transferring:firmware-invalid"})
     doc = assert_fails(tool("--update", "--json"), 1, "kernel-error")
-    assert warnings_of(doc) == [] and doc["host"]["image_format_fallback"] is None
+    assert warnings_of(doc) == []
+    assert doc["host"]["image_format_fallback"] is None
     assert len(tool.host.state()["uploads"]) == 1
     expect_history(tool, dict(REFUSED_B))
 
@@ -860,7 +901,8 @@ def test_two_concurrent_runs_one_uploads_the_other_exits_75(
         res = finish(first)
     assert_ok(res)
     state = tool.host.state()
-    assert len(state["uploads"]) == 1 and state["module_version"] == TARGET
+    assert len(state["uploads"]) == 1
+    assert state["module_version"] == TARGET
     expect_history(tool, {"result": "success", "image_format": FORMAT_B, "after": 7})
 
 
@@ -889,12 +931,15 @@ def test_signal_while_streaming_aborts_and_commits_nothing(
     res = finish(proc)
     code = 128 + signum
     doc = assert_fails(res, code, "interrupted")
-    assert signum.name in doc["error"]["message"] and "aborted" in doc["error"]["message"]
-    assert doc["changed"] is False and doc["kernel_error"] is None
+    assert signum.name in doc["error"]["message"]
+    assert "aborted" in doc["error"]["message"]
+    assert doc["changed"] is False
+    assert doc["kernel_error"] is None
 
     state = tool.host.state()
     up = state["upload"]
-    assert up["loading"] is False and up["status"] == "idle"
+    assert up["loading"] is False
+    assert up["status"] == "idle"
     assert up["counters"]["loading_aborts"] == 1  # -1 was written
     assert 0 < up["counters"]["data_writes"] < len(tool.repo.sent(TARGET, FORMAT_B)) // 4096
     assert state["uploads"] == []  # nothing was committed
@@ -974,11 +1019,13 @@ def test_history_shows_every_attempt_oldest_first(tool_for: Callable[[str], Tool
     )
 
     doc = assert_ok(tool("--history", "--json"))
-    assert doc["action"] == "history" and doc["warnings"] == []
+    assert doc["action"] == "history"
+    assert doc["warnings"] == []
     assert doc["history"] == records
 
     res = tool("--history")
-    assert res.code == 0 and res.err == ""
+    assert res.code == 0
+    assert res.err == ""
     lines = res.out.splitlines()
     assert len(lines) == 4
     for line, rec in zip(lines, records, strict=True):
@@ -1047,10 +1094,14 @@ def test_a_failed_history_write_never_replaces_the_kernels_outcome(
     assert any("history record was not written" in ln for ln in res.warning_lines)
     metrics = prom.read_text()
     if outcome == "success":
-        assert res.code == 0 and doc["ok"] is True and doc["changed"] is True
+        assert res.code == 0
+        assert doc["ok"] is True
+        assert doc["changed"] is True
         assert "tdxupdate_module_lost 0" in metrics
     else:
-        assert res.code == 1 and doc["error"]["code"] == "module-lost" and doc["fatal"] is True
+        assert res.code == 1
+        assert doc["error"]["code"] == "module-lost"
+        assert doc["fatal"] is True
         assert doc["error"]["exit_code"] == 1
         assert "tdxupdate_module_lost 1" in metrics
     assert f"tdxupdate_last_exit_code {res.code}" in metrics
@@ -1063,11 +1114,15 @@ def test_a_failed_metrics_write_after_an_update_keeps_the_outcome_and_says_so(
     prom = tmp_path / "missing-dir" / "tdxupdate.prom"
     res = tool("--update", "--json", "--metrics-file", prom)
     doc = res.doc
-    assert res.code == 0 and doc["ok"] is True and doc["changed"] is True
+    assert res.code == 0
+    assert doc["ok"] is True
+    assert doc["changed"] is True
     assert warnings_of(doc) == ["metrics-write-failed"]
     # a run that changed nothing fails with the write error, and its JSON says so
     res = tool("--update", "--json", "--metrics-file", prom)
-    assert res.code == 74 and res.doc["ok"] is False and res.doc["error"]["exit_code"] == 74
+    assert res.code == 74
+    assert res.doc["ok"] is False
+    assert res.doc["error"]["exit_code"] == 74
 
 
 # --- the host is checked again right before the first write (issue 9 items 3 and 4) -----------
@@ -1109,7 +1164,8 @@ def test_preflight_is_read_again_before_the_first_write(
         or "since the preflight" in (doc["error"]["message"])
     )
     state = tool.host.state()
-    assert state["uploads"] == [] and state["upload"]["counters"] == {}
+    assert state["uploads"] == []
+    assert state["upload"]["counters"] == {}
     assert tool.records() == []
 
 
@@ -1171,10 +1227,12 @@ def test_a_lost_module_is_a_state_of_the_host_until_reboot(
     # the next runs, whatever they are, keep saying so
     res = tool("--status", "--json", "--metrics-file", prom)
     doc = assert_fails(res, 1, "module-lost")
-    assert doc["host"]["module_lost"] is True and "reboot" in doc["error"]["message"]
+    assert doc["host"]["module_lost"] is True
+    assert "reboot" in doc["error"]["message"]
     assert "tdxupdate_module_lost 1" in prom.read_text()
     res = tool("--update", "--json", "--metrics-file", prom)
-    assert res.code != 0 and res.doc["ok"] is False
+    assert res.code != 0
+    assert res.doc["ok"] is False
     assert "tdxupdate_module_lost 1" in prom.read_text()
     assert "tdxupdate_module_lost 0" not in prom.read_text()
 
@@ -1199,8 +1257,10 @@ def test_the_story_of_an_update_never_contradicts_its_outcome(
     res = tool("--update", "--timeout", "0.3")
     assert res.code == 75
     told = res.out + res.err
-    assert "waiting for the kernel" in told and "did not finish within 0.3 s" in told
-    assert "finished after" not in told and "accepted" not in told
+    assert "waiting for the kernel" in told
+    assert "did not finish within 0.3 s" in told
+    assert "finished after" not in told
+    assert "accepted" not in told
     tool.host.control({"unhang": True})
     wait_idle(tool.host)
 
@@ -1212,7 +1272,8 @@ def test_a_signer_other_than_intels_is_warned_about_and_recorded(
     tool = tool_for("ml")
     res = tool("--update", "--json")
     doc = assert_ok(res)
-    assert "non-intel-signer" in doc["warnings"] and doc["signer"] == test_key().fingerprint
+    assert "non-intel-signer" in doc["warnings"]
+    assert doc["signer"] == test_key().fingerprint
     assert any("not Intel's production key" in ln for ln in res.err.splitlines())
     rec = tool.records()[-1]
     assert rec["signer"] == test_key().fingerprint
@@ -1237,7 +1298,8 @@ def test_a_closed_stdout_ends_quietly_and_never_stops_an_update(
     proc.stdout.close()  # the reader went away before the first line
     _out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
-    assert "Traceback" not in err and "error" not in err.lower()
+    assert "Traceback" not in err
+    assert "error" not in err.lower()
     if action == "--update":
         assert tool.host.state()["module_version"] == TARGET
         assert [r["result"] for r in tool.records()] == ["success"]

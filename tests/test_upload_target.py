@@ -63,12 +63,14 @@ def test_a_real_update_on_a_plain_tree_is_refused_and_writes_nothing(
     code, doc, err = run(capsys, host, repo, keys, tmp_path / "state", "--update")
     assert code == 69, err
     error = doc["error"]
-    assert isinstance(error, dict) and error["code"] == "no-upload-interface"
+    assert isinstance(error, dict)
+    assert error["code"] == "no-upload-interface"
     assert "not sysfs" in str(error["message"])
     assert tree_digest(host) == before
     assert not (tmp_path / "state" / "history.jsonl").exists()
 
     # the dry run and the listing still work on the same tree
     code, doc, err = run(capsys, host, repo, keys, tmp_path / "state", "--update", "--dry-run")
-    assert code == 0 and doc["to_version"] == "1.5.08", err
+    assert code == 0, err
+    assert doc["to_version"] == "1.5.08", err
     assert tree_digest(host) == before

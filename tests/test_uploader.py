@@ -15,7 +15,7 @@ import errno
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -196,7 +196,7 @@ def fw(tmp_path: Path) -> FakeFwUpload:
 
 
 @pytest.fixture
-def sentinel_handlers() -> list[int]:
+def sentinel_handlers() -> Iterator[list[int]]:
     """Handlers that must neither run nor be left replaced while the driver has its own."""
     seen: list[int] = []
 
@@ -217,7 +217,7 @@ def image_of(size: int) -> bytes:
     return bytes((i * 7 + i // 251) & 0xFF for i in range(size))
 
 
-def run(fw: FakeFwUpload, image: bytes, **kwargs: object) -> UploadResult:
+def run(fw: FakeFwUpload, image: bytes | bytearray | memoryview, **kwargs: object) -> UploadResult:
     return upload(fw.iface, image, clock=fw.clock, sleep=fw.clock.sleep, **kwargs)  # type: ignore[arg-type]
 
 
@@ -419,13 +419,16 @@ def test_watch_sees_completion_on_the_first_read_after_idle(fw: FakeFwUpload) ->
 
 def test_watch_keeps_going_through_every_stage_and_unknown_status(fw: FakeFwUpload) -> None:
     def stages(fw: FakeFwUpload, size: int) -> None:
+        def show(status: str) -> Callable[[], None]:
+            return lambda: fw.set("status", status + "\n")
+
         for delay, status in (
             (0.002, "preparing"),
             (0.010, "unknown-status"),
             (0.020, "transferring"),
             (0.060, "programming"),
         ):
-            fw.clock.after(delay, lambda s=status: fw.set("status", s + "\n"))
+            fw.clock.after(delay, show(status))
         fw.clock.after(0.100, lambda: fw.finish(size))
 
     fw.on_commit = stages
@@ -514,7 +517,8 @@ def test_status_unreadable_after_commit_is_io_error_marked_committed(fw: FakeFwU
     assert info.value.message == (
         f"{fw.dir / 'status'}: cannot read the upload status: No such file or directory (ENOENT)"
     )
-    assert interface_written(info.value) and upload_committed(info.value)
+    assert interface_written(info.value)
+    assert upload_committed(info.value)
     assert fw.loading_writes == ["1", "0"]  # never aborted once the kernel owns it
 
 
@@ -522,13 +526,15 @@ def test_failed_attempts_say_how_far_they_got(fw: FakeFwUpload) -> None:
     fw.set("status", "preparing\n")
     with pytest.raises(TryLater) as busy:
         run(fw, image_of(PAGE))
-    assert not interface_written(busy.value) and not upload_committed(busy.value)
+    assert not interface_written(busy.value)
+    assert not upload_committed(busy.value)
 
     fw.set("status", "idle\n")
     fw.commit_failure = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
     with pytest.raises(TryLater) as refused:
         run(fw, image_of(PAGE))
-    assert interface_written(refused.value) and not upload_committed(refused.value)
+    assert interface_written(refused.value)
+    assert not upload_committed(refused.value)
     assert not interface_written(ValueError("unrelated"))
 
 
@@ -567,8 +573,10 @@ def test_signal_before_the_first_write_touches_nothing(
     fw.after_open = open_then_signal
     result = run(fw, image_of(2 * PAGE))
     assert result.interrupted == signal.SIGTERM
-    assert result.touched is False and result.bytes_written == 0
-    assert fw.loading_writes == [] and fw.data_calls == 0
+    assert result.touched is False
+    assert result.bytes_written == 0
+    assert fw.loading_writes == []
+    assert fw.data_calls == 0
     assert sentinel_handlers == []
 
 

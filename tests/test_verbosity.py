@@ -66,13 +66,18 @@ def test_v_tells_what_was_read_and_decided(capsys: Any, args: list[str], tmp_pat
     code, _out, err = run(capsys, "--update", "--dry-run", "-v", *args)
     assert code == 0
     host = having(err, "tdxupdate: host ")
-    assert host and "TDX module 1.5.06" in host[0] and "3 updates left" in host[0]
+    assert host
+    assert "TDX module 1.5.06" in host[0]
+    assert "3 updates left" in host[0]
     assert having(err, "tdxupdate: repository ") != []
     assert having(err, "candidate 1.5.24: eligible")
     (rejected,) = having(err, "candidate 1.5.25: not eligible: ")
-    assert "cpu-unsupported" in rejected and "0xa06d0" in rejected
+    assert "cpu-unsupported" in rejected
+    assert "0xa06d0" in rejected
     (digests,) = having(err, "tdx_module_1.5.24.blob: ")
-    assert "sha256 " in digests and "MRSEAM " in digests and test_key().fingerprint in digests
+    assert "sha256 " in digests
+    assert "MRSEAM " in digests
+    assert test_key().fingerprint in digests
     assert having(err, "debug:") == []
 
 
@@ -83,7 +88,8 @@ def test_vv_adds_every_read_and_check(capsys: Any, args: list[str]) -> None:
     assert any(ln.endswith('num_remaining_updates: "3"') for ln in having(err, "debug: read "))
     assert having(err, "debug: check cpus-online: ok") != []
     (header,) = having(err, "debug: image 1.5.25: ")
-    assert "format 0x200" in header and "debug no" in header
+    assert "format 0x200" in header
+    assert "debug no" in header
 
 
 def test_stdout_is_the_same_at_every_verbosity(capsys: Any, args: list[str]) -> None:
@@ -128,7 +134,8 @@ def test_vv_shows_the_fw_upload_protocol(tmp_path: Path, sim_cache: Path) -> Non
     assert having(err, "debug: write 0 to ") != []
     # the uploader's own watch lines ("debug: PATH: status"), not the preflight's reads
     statuses = [ln.rsplit(": ", 1)[1] for ln in err if re.search(r"debug: /\S*/status: ", ln)]
-    assert statuses and statuses[-1] == "idle"
+    assert statuses
+    assert statuses[-1] == "idle"
     assert having(err, "preflight read again before the first write: the host is unchanged")
     assert having(err, "attempt 1 (success) recorded in ")
 
@@ -156,5 +163,6 @@ def test_warnings_show_before_the_plan_not_after_the_outcome(
     lines = proc.stdout.splitlines()
     warning = [i for i, ln in enumerate(lines) if "lacks update compatibility" in ln]
     plan = [i for i, ln in enumerate(lines) if ln.startswith("dry run: would install")]
-    assert len(warning) == 1 and len(plan) == 1, lines
+    assert len(warning) == 1, lines
+    assert len(plan) == 1, lines
     assert warning[0] < plan[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ Run = Callable[..., tuple[int, dict[str, Any]]]
 @pytest.fixture
 def run(
     capsys: pytest.CaptureFixture[str], counters: Counters, host: Path, keys: Path, cache: Path
-) -> Iterator[Run]:
+) -> Run:
     def _run(action: str, repo: Path, *extra: str | Path) -> tuple[int, dict[str, Any]]:
         counters.fresh_process()
         args = [
@@ -120,7 +120,7 @@ def run(
         out = capsys.readouterr().out
         return code, json.loads(out)
 
-    yield _run
+    return _run
 
 
 def _eligible(doc: dict[str, Any]) -> dict[str, bool]:
@@ -170,7 +170,8 @@ def test_status_reuses_the_mapping_verdict(run: Run, repo: Path, counters: Count
 def test_update_and_verify_compute_every_verdict(run: Run, repo: Path, counters: Counters) -> None:
     run("--list", repo)
     code, doc = run("--update --dry-run", repo)
-    assert code == 0 and doc["to_version"] == "1.5.09"
+    assert code == 0
+    assert doc["to_version"] == "1.5.09"
     assert counters.schema == 1  # the mapping file validated again
     assert counters.rsa >= 3  # every head while choosing, then the chosen image in full
     code, _ = run("--verify", repo)
@@ -194,7 +195,8 @@ def test_a_mapping_verdict_never_admits_other_bytes(run: Run, repo: Path, cache:
     doc["tdx_module_releases"][0]["version"] = "1.5.6x"
     mapping.write_text(json.dumps(doc))
     code, out = run("--list", repo)
-    assert code == 65 and out["error"]["code"] == "mapping-invalid"
+    assert code == 65
+    assert out["error"]["code"] == "mapping-invalid"
 
 
 def test_a_forged_mapping_verdict_for_an_invalid_file_is_not_believed_past_decoding(
@@ -204,7 +206,8 @@ def test_a_forged_mapping_verdict_for_an_invalid_file_is_not_believed_past_decod
     mapping.write_text('{"Header": {"Version": "1.0"}, "tdx_module_releases": [{}]}')
     _forge(cache, "mapping", mapping.read_bytes())
     code, out = run("--list", repo)
-    assert code == 65 and out["error"]["code"] == "mapping-invalid"
+    assert code == 65
+    assert out["error"]["code"] == "mapping-invalid"
 
 
 # --- poisoning -----------------------------------------------------------------------------------
@@ -233,11 +236,13 @@ def test_a_poisoned_store_cannot_make_update_install_a_bad_image(
     assert code == 0  # the listing believes its own store (its one and only use of it)...
     assert _eligible(listed)[BAD] is True
     code, doc = run(f"--update {BAD} --dry-run", bad_repo)
-    assert code != 0 and doc["error"]["code"] == "not-eligible"  # ...--update never does
+    assert code != 0
+    assert doc["error"]["code"] == "not-eligible"  # ...--update never does
     assert "signature" in doc["error"]["message"]
     assert doc["changed"] is False
     code, doc = run("--update --dry-run", bad_repo)
-    assert code == 0 and doc["to_version"] == GOOD  # the newest image that truly verifies
+    assert code == 0
+    assert doc["to_version"] == GOOD  # the newest image that truly verifies
 
 
 def test_full_verification_ignores_the_store_even_while_listing(
@@ -308,7 +313,8 @@ def test_an_unsafe_or_unreadable_store_is_a_miss(
     _, first = run("--list", repo)
     spoil(_store_file(cache))
     code, again = run("--list", repo)
-    assert code == 0 and again == first
+    assert code == 0
+    assert again == first
     assert (counters.rsa, counters.schema) == (3, 1)
 
 
@@ -326,7 +332,8 @@ def test_an_unusable_cache_directory_lists_uncached(
     os.chmod(cache, 0o777)  # writable by others: refused, and so not used
     code, first = run("--list", repo)
     code2, second = run("--list", repo)
-    assert code == code2 == 0 and first == second
+    assert code == code2 == 0
+    assert first == second
     assert (counters.rsa, counters.schema) == (3, 1)
     assert not (cache / verdicts.DIR_NAME).exists()
 

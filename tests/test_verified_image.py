@@ -121,16 +121,19 @@ def test_an_image_swapped_after_listing_is_judged_as_what_it_is_now(
     repo, keys, older = swapped
     with host(tmp_path, sim_cache, repo) as h:
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update", TARGET)
-        assert code == 65 and doc["error"]["code"] == "not-eligible", doc
+        assert code == 65, doc
+        assert doc["error"]["code"] == "not-eligible", doc
         assert "cpu-unsupported" in doc["error"]["message"]
         state = h.state()
-        assert state["uploads"] == [] and state["received_size"] == 0
+        assert state["uploads"] == []
+        assert state["received_size"] == 0
         assert state["module_version"] == RUNNING
 
         # Without a version, the newest eligible one that is still eligible is taken instead,
         # and the kernel receives exactly its verified bytes.
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update")
-        assert code == 0 and doc["to_version"] == OLDER, doc
+        assert code == 0, doc
+        assert doc["to_version"] == OLDER, doc
         rejected = next(c for c in doc["candidates"] if c["version"] == TARGET)
         assert "cpu-unsupported" in rejected["reasons"]
         assert h.received() == convert(older, FORMAT_B)
@@ -175,7 +178,8 @@ def test_one_update_parses_checksums_and_rsa_checks_the_chosen_image_once(
             monkeypatch.setattr(module, "checksum16", checksum)
         monkeypatch.setattr(imagecheck, "_compute_signature_check", rsa)
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update")
-        assert code == 0 and doc["changed"] is True, doc
+        assert code == 0, doc
+        assert doc["changed"] is True, doc
         received = h.received()
     assert counts == {"parse": 1, "checksum": 1, "rsa": 1}
     # converted A -> B for this kernel, from the verified buffer, without parsing it again
@@ -291,7 +295,9 @@ def test_list_explains_a_renamed_image(
         assert code == 0
         listed = {c["version"]: c for c in doc["candidates"]}
         assert listed[TARGET]["reasons"] == ["release-mismatch"]
-        assert listed[TARGET]["pinned"] is True and listed[TARGET]["seamsvn"] == "0x0106"
+        assert listed[TARGET]["pinned"] is True
+        assert listed[TARGET]["seamsvn"] == "0x0106"
         code, doc = run(capsys, h, repo, keys, tmp_path / "state", "--update", TARGET)
-        assert code == 65 and doc["error"]["code"] == "not-eligible"
+        assert code == 65
+        assert doc["error"]["code"] == "not-eligible"
         assert h.state()["uploads"] == []

@@ -12,13 +12,16 @@ FILTER = ROOT / "contrib/ansible/ansible_collections/tdxupdate/tdx/plugins/filte
 
 def load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("tdx_fleet_filter", FILTER)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def fact(version: str, svn: str | None, mrseam: str | None, plan: dict[str, object]) -> dict:
+def fact(
+    version: str, svn: str | None, mrseam: str | None, plan: dict[str, object]
+) -> dict[str, object]:
     return {"module_version": version, "seamsvn": svn, "mrseam": mrseam, "plan": plan}
 
 
@@ -94,6 +97,7 @@ def test_hosts_off_the_mapping_or_without_svn_gain_are_named() -> None:
 def test_a_fleet_without_the_new_keys_reports_them_unknown() -> None:
     fleet = load()
     report = fleet.tdx_fleet_report({"a": fact("1.5.06", "0x0106", "aa", {})})
-    assert report["not_in_mapping"] == [] and report["no_svn_gain"] == []
+    assert report["not_in_mapping"] == []
+    assert report["no_svn_gain"] == []
     assert report["rows"][0]["in_mapping"] is None
     assert "mapping file does not list" not in fleet.tdx_report_markdown(report)

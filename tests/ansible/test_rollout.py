@@ -217,7 +217,8 @@ def test_fault_on_one_host_stops_the_rollout_before_later_batches(fleet_factory:
     again = fleet.play("rolling_update", *rollout_args(fleet))
     assert "the last rollout stopped at h2" in again.output
     recap = again.recap()
-    assert recap["h1"]["changed"] == 0 and recap["h3"]["changed"] == 0
+    assert recap["h1"]["changed"] == 0
+    assert recap["h3"]["changed"] == 0
     for name in fleet.hosts:
         assert fleet.version(name) == NEWEST
 
@@ -314,7 +315,8 @@ def test_pre_update_command_runs_on_every_host_before_its_update(
     assert all(line.split()[1:] == ["1.5.06", NEWEST] for line in lines), lines
     # h5 is in the last batch: every host before and beside it ran the command and updated
     assert str(h5) in ran
-    assert fleet.writes("h5") == 0 and fleet.version("h5") == "1.5.06"
+    assert fleet.writes("h5") == 0
+    assert fleet.version("h5") == "1.5.06"
     assert "pre-update-failed" in run.output, run.output
     for name in ("h1", "h2", "h3", "h4"):
         assert str(fleet.hosts[name].sysroot) in ran
@@ -366,7 +368,9 @@ def test_a_held_lock_is_retried_with_back_off_and_the_rollout_continues(
         if "--update" in line and "--dry-run" not in line
     ]
     # refused (75) while the lock was held, at least once, then one run that went through
-    assert len(updates) >= 2 and set(updates[:-1]) == {"75"} and updates[-1] == "0", updates
+    assert len(updates) >= 2, updates
+    assert set(updates[:-1]) == {"75"}, updates
+    assert updates[-1] == "0", updates
     assert '"error_code": "locked"' in run.output, run.output
     assert fleet.uploads("h1") == 1  # the refused run never reached the kernel
     for name in fleet.hosts:
@@ -430,4 +434,5 @@ def test_facts_carry_the_attestation_keys(fleet_factory: Any) -> None:
         assert row["identity_source"] == "published"
         assert row["module_identity"] == "TDX_01"
         assert row["target_svn_gain"] is True
-    assert report["not_in_mapping"] == [] and report["no_svn_gain"] == []
+    assert report["not_in_mapping"] == []
+    assert report["no_svn_gain"] == []

@@ -23,7 +23,8 @@ def word_sum(data: bytes) -> int:
     """blob_join.sh's checksum, written independently of checksum16: 16-bit LE words."""
     if len(data) % 2:
         data += b"\0"
-    return sum(struct.unpack(f"<{len(data) // 2}H", data)) & 0xFFFF
+    words: tuple[int, ...] = struct.unpack(f"<{len(data) // 2}H", data)
+    return sum(words) & 0xFFFF
 
 
 def blob_join(sigstruct: bytes, module: bytes) -> bytes:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from factories.sysroot import FaultySysroot
 from tdxupdate import host
@@ -188,27 +189,30 @@ def _fw_upload_dir(root: Path, abspath: str, status: str) -> None:
     _write(root, f"{abspath}/cancel", b"", 0o200)
 
 
-def build_host_tree(
-    root: Path,
-    *,
-    generation: str = "G5",
-    module: str = "1.5.06",
-    seamldr: str = "2.0.00",
-    remaining: int = 1,
-    cpu: tuple[int, int, int] | int = (6, 143, 8),
-    vendor: str = "GenuineIntel",
-    online: str = "0-3",
-    present: str = "0-3",
-    osrelease: str | None = None,
-    status: str = "idle",
-    bugs: str = "",
-    firmware: bool | str = True,
-    compat_capable: bool | int | None = None,
-    v3: bool = False,
-    overrides: Mapping[str, str | bytes | None] | None = None,
-    modes: Mapping[str, int] | None = None,
-) -> Path:
-    """Write a host tree for ``generation`` under ``root`` and return ``root``.
+class HostOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`build_host_tree` (the fields of :class:`HostTree`)."""
+
+    generation: str
+    module: str
+    seamldr: str
+    remaining: int
+    cpu: tuple[int, int, int] | int
+    vendor: str
+    online: str
+    present: str
+    osrelease: str | None
+    status: str
+    bugs: str
+    firmware: bool | str
+    compat_capable: bool | int | None
+    v3: bool
+    overrides: Mapping[str, str | bytes | None] | None
+    modes: Mapping[str, int] | None
+
+
+@dataclass(frozen=True)
+class HostTree:
+    """What a host tree shows; :meth:`build` writes it.
 
     - ``module``/``seamldr``: versions, printed the generation's way (G1 and G2 without v3 print
       the P-SEAMLDR update field unpadded, ``1.5.0``).
@@ -220,60 +224,99 @@ def build_host_tree(
     - ``overrides``: in-sysroot path -> new content, or None to delete the file (or directory).
     - ``modes``: in-sysroot path -> mode, applied last.
     """
-    paths = host_paths(generation)
-    root.mkdir(parents=True, exist_ok=True)
-    module_v = Version.parse(module)
-    seamldr_v = Version.parse(seamldr)
-    unpadded = generation == "G1" or (generation == "G2" and not v3)
-    seamldr_text = (
-        f"{seamldr_v.major}.{seamldr_v.minor}.{seamldr_v.update}" if unpadded else str(seamldr_v)
-    )
-    # 0400 P-SEAMLDR attributes from the v4 series on (kernel-abi.md §1 G3, G4).
-    seamldr_mode = 0o444 if generation in ("G1", "G2") else 0o400
 
-    module_text = (
-        f"{module_v.major}.{module_v.minor}.{module_v.update}"
-        if generation == "G1"
-        else str(module_v)
-    )
-    _write(root, paths["module_version"], f"{module_text}\n", 0o444)
-    _write(root, paths["seamldr_version"], f"{seamldr_text}\n", seamldr_mode)
-    _write(root, paths["num_remaining_updates"], f"{remaining}\n", seamldr_mode)
-    if generation == "G2" and v3:
-        compat_capable = 1 if compat_capable is None else compat_capable
-    if compat_capable is not None and generation != "G1":
-        _write(root, paths["compat_capable"], f"{int(compat_capable)}\n", 0o444)
+    generation: str = "G5"
+    module: str = "1.5.06"
+    seamldr: str = "2.0.00"
+    remaining: int = 1
+    cpu: tuple[int, int, int] | int = (6, 143, 8)
+    vendor: str = "GenuineIntel"
+    online: str = "0-3"
+    present: str = "0-3"
+    osrelease: str | None = None
+    status: str = "idle"
+    bugs: str = ""
+    firmware: bool | str = True
+    compat_capable: bool | int | None = None
+    v3: bool = False
+    overrides: Mapping[str, str | bytes | None] | None = None
+    modes: Mapping[str, int] | None = None
 
-    if firmware:
+    def build(self, root: Path) -> Path:
+        """Write the tree under ``root`` and return ``root``."""
+        paths = host_paths(self.generation)
+        root.mkdir(parents=True, exist_ok=True)
+        self._write_tdx_host(root, paths)
+        if self.firmware:
+            self._write_upload_interface(root, paths)
+        self._write_cpus_and_release(root)
+        for abspath, content in (self.overrides or {}).items():
+            if content is None:
+                _remove(root, abspath)
+            else:
+                _write(root, abspath, content)
+        for abspath, mode in (self.modes or {}).items():
+            (root / abspath.lstrip("/")).chmod(mode)
+        return root
+
+    def _write_tdx_host(self, root: Path, paths: Mapping[str, str]) -> None:
+        generation = self.generation
+        module_v = Version.parse(self.module)
+        seamldr_v = Version.parse(self.seamldr)
+        unpadded = generation == "G1" or (generation == "G2" and not self.v3)
+        seamldr_text = (
+            f"{seamldr_v.major}.{seamldr_v.minor}.{seamldr_v.update}"
+            if unpadded
+            else str(seamldr_v)
+        )
+        # 0400 P-SEAMLDR attributes from the v4 series on (kernel-abi.md §1 G3, G4).
+        seamldr_mode = 0o444 if generation in ("G1", "G2") else 0o400
+
+        module_text = (
+            f"{module_v.major}.{module_v.minor}.{module_v.update}"
+            if generation == "G1"
+            else str(module_v)
+        )
+        _write(root, paths["module_version"], f"{module_text}\n", 0o444)
+        _write(root, paths["seamldr_version"], f"{seamldr_text}\n", seamldr_mode)
+        _write(root, paths["num_remaining_updates"], f"{self.remaining}\n", seamldr_mode)
+        compat_capable = self.compat_capable
+        if generation == "G2" and self.v3:
+            compat_capable = 1 if compat_capable is None else compat_capable
+        if compat_capable is not None and generation != "G1":
+            _write(root, paths["compat_capable"], f"{int(compat_capable)}\n", 0o444)
+
+    def _write_upload_interface(self, root: Path, paths: Mapping[str, str]) -> None:
         device_dir, class_dir = paths["upload_dir"], paths["class_upload_dir"]
-        if generation == "G1" or firmware == "class":
-            _fw_upload_dir(root, class_dir, status)
-        else:
-            _fw_upload_dir(root, device_dir, status)
-            if firmware is True:
-                link = root / class_dir.lstrip("/")
-                link.parent.mkdir(parents=True, exist_ok=True)
-                # Relative, as on a real host, so the tree can be moved or committed.
-                os.symlink(os.path.relpath(root / device_dir.lstrip("/"), link.parent), link)
+        if self.generation == "G1" or self.firmware == "class":
+            _fw_upload_dir(root, class_dir, self.status)
+            return
+        _fw_upload_dir(root, device_dir, self.status)
+        if self.firmware is True:
+            link = root / class_dir.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            # Relative, as on a real host, so the tree can be moved or committed.
+            os.symlink(os.path.relpath(root / device_dir.lstrip("/"), link.parent), link)
 
-    try:
-        ncpus = len(host.parse_cpu_list(online)) or 1
-    except ValueError:
-        ncpus = 1
-    _write(root, host.CPUINFO, cpuinfo_text(cpu, vendor=vendor, bugs=bugs, cpus=min(ncpus, 8)))
-    _write(root, host.CPUS_ONLINE, f"{online}\n", 0o444)
-    _write(root, host.CPUS_PRESENT, f"{present}\n", 0o444)
-    release = DEFAULT_OSRELEASE[generation] if osrelease is None else osrelease
-    _write(root, host.OSRELEASE, f"{release}\n", 0o444)
+    def _write_cpus_and_release(self, root: Path) -> None:
+        try:
+            ncpus = len(host.parse_cpu_list(self.online)) or 1
+        except ValueError:
+            ncpus = 1
+        cpuinfo = cpuinfo_text(self.cpu, vendor=self.vendor, bugs=self.bugs, cpus=min(ncpus, 8))
+        _write(root, host.CPUINFO, cpuinfo)
+        _write(root, host.CPUS_ONLINE, f"{self.online}\n", 0o444)
+        _write(root, host.CPUS_PRESENT, f"{self.present}\n", 0o444)
+        release = DEFAULT_OSRELEASE[self.generation] if self.osrelease is None else self.osrelease
+        _write(root, host.OSRELEASE, f"{release}\n", 0o444)
 
-    for abspath, content in (overrides or {}).items():
-        if content is None:
-            _remove(root, abspath)
-        else:
-            _write(root, abspath, content)
-    for abspath, mode in (modes or {}).items():
-        (root / abspath.lstrip("/")).chmod(mode)
-    return root
+
+def build_host_tree(root: Path, **options: Unpack[HostOptions]) -> Path:
+    """Write a host tree for ``generation`` under ``root`` and return ``root``.
+
+    ``options`` are the fields of :class:`HostTree` (which says what each one means).
+    """
+    return HostTree(**options).build(root)
 
 
 def at(root: Path, abspath: str) -> Path:
@@ -281,7 +324,7 @@ def at(root: Path, abspath: str) -> Path:
     return root / abspath.lstrip("/")
 
 
-def host_facts(tmp_path: Path, **kwargs: Any) -> tuple[Path, host.HostFacts]:
+def host_facts(tmp_path: Path, **kwargs: Unpack[HostOptions]) -> tuple[Path, host.HostFacts]:
     """Build a tree under ``tmp_path/host`` (``kwargs`` as for :func:`build_host_tree`) and
     discover it."""
     root = build_host_tree(tmp_path / "host", **kwargs)
@@ -322,6 +365,8 @@ __all__ = [
     "CPU_NAMES",
     "DEFAULT_OSRELEASE",
     "GENERATIONS",
+    "HostOptions",
+    "HostTree",
     "at",
     "build_host_tree",
     "cpuinfo_text",

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from socketserver import BaseRequestHandler, ThreadingTCPServer
+from socketserver import BaseRequestHandler, BaseServer, ThreadingTCPServer
 from typing import Any
 
 import trustme
@@ -223,24 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         fault = server.next_fault(path)
         rec.fault = type(fault).__name__ if fault is not None else None
-
-        if isinstance(fault, Drop):
-            self._hang_up()
-            return
-        if isinstance(fault, Stall) and not fault.mid_body:
-            server.stopping.wait(fault.seconds)
-            self._hang_up()
-            return
-        if isinstance(fault, Status):
-            headers = {"Content-Type": "text/plain"}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = fault.retry_after
-            self._send(
-                rec, fault.code, headers, fault.body, head_only=head_only, reason=fault.reason
-            )
-            return
-        if isinstance(fault, Redirect):
-            self._send(rec, fault.code, {"Location": fault.location}, head_only=head_only)
+        if self._answer_fault(rec, fault, head_only=head_only):
             return
 
         with server.lock:
@@ -248,7 +231,52 @@ class _Handler(BaseHTTPRequestHandler):
         if resource is None:
             self._send(rec, 404, {"Content-Type": "text/plain"}, b"not found\n")
             return
+        headers = self._resource_headers(resource)
+        if self._not_modified(resource):
+            self._send_not_modified(rec, headers)
+            return
+        if isinstance(fault, Oversize):
+            self._send_endless(rec, fault, headers)
+            return
+
         data = fault.data if isinstance(fault, Body) else resource.data
+        selected = self._select_range(data, fault, headers)
+        if selected is None:
+            self._send(rec, 416, headers, head_only=head_only)
+            return
+        status, body = selected
+        if isinstance(fault, Short):
+            self._send_part(rec, status, headers, body, fault.keep)
+            self._hang_up()
+        elif isinstance(fault, Stall):  # mid-body
+            self._send_part(rec, status, headers, body, fault.after_bytes)
+            server.stopping.wait(fault.seconds)
+            self._hang_up()
+        else:
+            self._send(rec, status, headers, body, head_only=head_only)
+
+    def _answer_fault(self, rec: Served, fault: Fault | None, *, head_only: bool) -> bool:
+        """Answer a request whose fault needs no resource; False if there is none."""
+        if isinstance(fault, Drop):
+            self._hang_up()
+        elif isinstance(fault, Stall) and not fault.mid_body:
+            self.server.stopping.wait(fault.seconds)
+            self._hang_up()
+        elif isinstance(fault, Status):
+            headers = {"Content-Type": "text/plain"}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            self._send(
+                rec, fault.code, headers, fault.body, head_only=head_only, reason=fault.reason
+            )
+        elif isinstance(fault, Redirect):
+            self._send(rec, fault.code, {"Location": fault.location}, head_only=head_only)
+        else:
+            return False
+        return True
+
+    def _resource_headers(self, resource: Resource) -> dict[str, str]:
+        server = self.server
         headers = {"Content-Type": "application/octet-stream"}
         if server.etags:
             headers["ETag"] = resource.etag
@@ -256,57 +284,45 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Last-Modified"] = http_date(resource.last_modified)
         if server.ranges:
             headers["Accept-Ranges"] = "bytes"
+        return headers
 
-        if self._not_modified(resource):
-            rec.status = 304
-            self.send_response(304)
-            for name in ("ETag", "Last-Modified"):
-                if name in headers:
-                    self.send_header(name, headers[name])
-            self.end_headers()
-            return
+    def _send_not_modified(self, rec: Served, headers: Mapping[str, str]) -> None:
+        rec.status = 304
+        self.send_response(304)
+        for name in ("ETag", "Last-Modified"):
+            if name in headers:
+                self.send_header(name, headers[name])
+        self.end_headers()
 
-        if isinstance(fault, Oversize):
-            self._send_endless(rec, fault, headers)
-            return
-
-        status, body = 200, data
+    def _select_range(
+        self, data: bytes, fault: Fault | None, headers: dict[str, str]
+    ) -> tuple[int, bytes] | None:
+        """The status and body to send (adding Content-Range to ``headers``); None: 416."""
         wanted = self.headers.get("Range")
         if isinstance(fault, BadRange):
-            status, body = 206, data[fault.start : fault.end + 1]
             headers["Content-Range"] = f"bytes {fault.start}-{fault.end}/{len(data)}"
-        elif wanted and server.ranges and not isinstance(fault, IgnoreRange):
+            return 206, data[fault.start : fault.end + 1]
+        if wanted and self.server.ranges and not isinstance(fault, IgnoreRange):
             parsed = _parse_range(wanted, len(data))
             if parsed is None:
                 headers["Content-Range"] = f"bytes */{len(data)}"
-                self._send(rec, 416, headers, head_only=head_only)
-                return
+                return None
             start, end = parsed
-            status, body = 206, data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return 206, data[start : end + 1]
+        return 200, data
 
-        if isinstance(fault, Short):
-            headers["Content-Length"] = str(len(body))
-            rec.status = status
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self._write(rec, body[: fault.keep])
-            self._hang_up()
-            return
-        if isinstance(fault, Stall):  # mid-body
-            headers["Content-Length"] = str(len(body))
-            rec.status = status
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self._write(rec, body[: fault.after_bytes])
-            server.stopping.wait(fault.seconds)
-            self._hang_up()
-            return
-        self._send(rec, status, headers, body, head_only=head_only)
+    def _send_part(
+        self, rec: Served, status: int, headers: dict[str, str], body: bytes, sent: int
+    ) -> None:
+        """Announce all of ``body``, then write only its first ``sent`` bytes."""
+        headers["Content-Length"] = str(len(body))
+        rec.status = status
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self._write(rec, body[:sent])
 
     def _not_modified(self, resource: Resource) -> bool:
         server = self.server
@@ -401,23 +417,68 @@ class _Server(ThreadingHTTPServer):
                 self.errors.append(exc)
 
 
-class MirrorServer:
-    """A module mirror on 127.0.0.1 (HTTPS when ``tls`` is a trustme CA). Use as a context."""
+def tls_context(ca: trustme.CA, hostnames: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A server's TLS context: a certificate from ``ca`` for ``hostnames`` (by default
+    127.0.0.1 and localhost)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(hostnames or ("127.0.0.1", "localhost"))).configure_cert(context)
+    return context
 
-    def __init__(self, *, tls: trustme.CA | None = None, hostnames: tuple[str, ...] = ()):
-        context = None
-        if tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            cert = tls.issue_cert(*(hostnames or ("127.0.0.1", "localhost")))
-            cert.configure_cert(context)
-        self._server = _Server(context)
+
+class ServerThread:
+    """Serves ``server`` from a daemon thread between :meth:`start` and :meth:`stop`.
+
+    ``stopping`` is the event the server's handlers watch: it is set first, so a handler that
+    stalls or trickles on purpose gives up and the shutdown does not wait for it.
+    """
+
+    def __init__(self, server: BaseServer, stopping: threading.Event) -> None:
+        self._server, self._stopping = server, stopping
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def clear_proxy_env(monkeypatch: Any) -> None:
+    """Talk to 127.0.0.1 directly and trust only what the test passes: no proxy or CA bundle
+    from the environment."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class MirrorServer:
+    """A module mirror on 127.0.0.1 (HTTPS when ``tls`` is a trustme CA). Use as a context.
+
+    ``repo`` publishes those images at once, as :meth:`put_repo` does.
+    """
+
+    def __init__(
+        self,
+        *,
+        tls: trustme.CA | None = None,
+        hostnames: tuple[str, ...] = (),
+        repo: Mapping[str, bytes] | None = None,
+    ):
+        self._server = _Server(None if tls is None else tls_context(tls, hostnames))
+        self._thread = ServerThread(self._server, self._server.stopping)
         self._clock = EPOCH
         scheme = "https" if tls is not None else "http"
         self.port = self._server.server_address[1]
         self.url = f"{scheme}://127.0.0.1:{self.port}/"
+        if repo is not None:
+            self.put_repo(repo)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -426,10 +487,7 @@ class MirrorServer:
         return self
 
     def stop(self) -> None:
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
     def __enter__(self) -> MirrorServer:
         return self.start()
@@ -471,9 +529,8 @@ class MirrorServer:
         else:
             import json
 
-            obj = (
-                mapping_document(sorted(images, key=Version.parse)) if mapping is None else mapping
-            )
+            versions: list[str] = sorted(images, key=Version.parse)
+            obj = mapping_document(versions) if mapping is None else mapping
             doc = (json.dumps(obj, indent=2) + "\n").encode()
         self.put(prefix + "mapping_file.json", doc)
 
@@ -608,9 +665,7 @@ class ConnectProxy:
     _server: _ProxyServer = field(default_factory=_ProxyServer)
 
     def __post_init__(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = ServerThread(self._server, self._server.stopping)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
@@ -623,10 +678,7 @@ class ConnectProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._thread.stop()
 
 
 def ca_bundle(ca: trustme.CA, directory: Path) -> Path:

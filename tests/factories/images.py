@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -289,19 +289,23 @@ def default_seamsvn(v: Version) -> int:
     return max(floor or 0, (0x300 if v.major == 2 else v.major << 8) | (v.update & 0xFF))
 
 
-def make_image(
-    version: str | Version = "1.5.06",
-    fmt: int = FORMAT_B,
-    cpuids: Iterable[int] = (0x806F8,),
-    debug: bool = False,
-    module_pages: int = 2,
-    key: FactoryKey | RsaKey | None = None,
-    version_in_sigstruct: bool = True,
-    seamsvn: int | None = None,
-    date: int = 0x20250101,
-    tamper: str | Callable[[bytearray], bytearray | None] | None = None,
-) -> bytes:
-    """A signed image of ``version`` in format ``fmt`` (FORMAT_B by default).
+class ImageOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`make_image` (the fields of :class:`ImageSpec`)."""
+
+    fmt: int
+    cpuids: Iterable[int]
+    debug: bool
+    module_pages: int
+    key: FactoryKey | RsaKey | None
+    version_in_sigstruct: bool
+    seamsvn: int | None
+    date: int
+    tamper: str | Callable[[bytearray], bytearray | None] | None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A signed image in format ``fmt``; :meth:`build` makes its bytes.
 
     ``seamsvn`` defaults to :func:`default_seamsvn` (Intel's published value where there is
     one). ``version_in_sigstruct=False`` leaves the version bytes at sigstruct offset 1000
@@ -309,33 +313,58 @@ def make_image(
     function changing the image in place (return a new bytearray to change its length); the
     checksum is fixed up afterwards unless the named tamper says otherwise.
     """
+
+    version: Version
+    fmt: int = FORMAT_B
+    cpuids: Iterable[int] = (0x806F8,)
+    debug: bool = False
+    module_pages: int = 2
+    key: FactoryKey | RsaKey | None = None
+    version_in_sigstruct: bool = True
+    seamsvn: int | None = None
+    date: int = 0x20250101
+    tamper: str | Callable[[bytearray], bytearray | None] | None = None
+
+    def build(self) -> bytes:
+        v = self.version
+        key = self.key or test_key()
+        module = module_bytes(v, self.module_pages)
+        sigstruct = make_sigstruct(
+            module=module,
+            key=key,
+            cpuid_table=tuple(self.cpuids),
+            version=v if self.version_in_sigstruct else None,
+            module_type=DEBUG_BIT if self.debug else 0,
+            date=self.date,
+            seamsvn=default_seamsvn(v) if self.seamsvn is None else self.seamsvn,
+        )
+        image = bytearray(build(sigstruct, module, self.fmt))
+        if self.tamper is None:
+            return bytes(image)
+        return bytes(self._tampered(image, self.tamper))
+
+    def _tampered(
+        self, image: bytearray, tamper: str | Callable[[bytearray], bytearray | None]
+    ) -> bytearray:
+        keep_checksum = False
+        if isinstance(tamper, str):
+            spec = TAMPERS[tamper]
+            if self.fmt not in spec.formats:
+                raise ValueError(f"tamper {tamper!r} does not apply to format {self.fmt:#x}")
+            image, keep_checksum = spec.apply(image), spec.keep_checksum
+        else:
+            result = tamper(image)
+            image = image if result is None else result
+        if not keep_checksum:
+            fix_checksum(image)
+        return image
+
+
+def make_image(version: str | Version = "1.5.06", **options: Unpack[ImageOptions]) -> bytes:
+    """A signed image of ``version`` (FORMAT_B by default); ``options`` are the fields of
+    :class:`ImageSpec` (which says what each one means)."""
     v = Version.parse(version) if isinstance(version, str) else version
-    key = key or test_key()
-    module = module_bytes(v, module_pages)
-    sigstruct = make_sigstruct(
-        module=module,
-        key=key,
-        cpuid_table=tuple(cpuids),
-        version=v if version_in_sigstruct else None,
-        module_type=DEBUG_BIT if debug else 0,
-        date=date,
-        seamsvn=default_seamsvn(v) if seamsvn is None else seamsvn,
-    )
-    image = bytearray(build(sigstruct, module, fmt))
-    if tamper is None:
-        return bytes(image)
-    keep_checksum = False
-    if isinstance(tamper, str):
-        spec = TAMPERS[tamper]
-        if fmt not in spec.formats:
-            raise ValueError(f"tamper {tamper!r} does not apply to format {fmt:#x}")
-        image, keep_checksum = spec.apply(image), spec.keep_checksum
-    else:
-        result = tamper(image)
-        image = image if result is None else result
-    if not keep_checksum:
-        fix_checksum(image)
-    return bytes(image)
+    return ImageSpec(v, **options).build()
 
 
 def blob_path(root: Path, version: str | Version) -> Path:
@@ -396,6 +425,7 @@ def write_repo(
         path = blob_path(root, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    doc = mapping_document(sorted(images, key=Version.parse)) if mapping is None else mapping
+    versions: list[str] = sorted(images, key=Version.parse)
+    doc = mapping_document(versions) if mapping is None else mapping
     (root / "mapping_file.json").write_text(json.dumps(doc, indent=2) + "\n")
     return root

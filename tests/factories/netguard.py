@@ -56,7 +56,7 @@ def _refuse(address: Any) -> NonLoopbackConnection:
     )
 
 
-def _check(sock: socket.socket, address: Any) -> None:
+def _check(sock: socket.SocketType, address: Any) -> None:
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         host = address[0] if isinstance(address, tuple) and address else address
         if not is_loopback(host):
@@ -70,11 +70,12 @@ def guard() -> Iterator[None]:
     real_connect_ex = socket.socket.connect_ex
     real_create_connection = socket.create_connection
 
-    def connect(self: socket.socket, address: Any) -> None:
+    # The methods live on the C base class (socket.SocketType), so that is the type of self.
+    def connect(self: socket.SocketType, address: Any) -> None:
         _check(self, address)
         real_connect(self, address)
 
-    def connect_ex(self: socket.socket, address: Any) -> int:
+    def connect_ex(self: socket.SocketType, address: Any) -> int:
         _check(self, address)
         return real_connect_ex(self, address)
 
@@ -86,7 +87,7 @@ def guard() -> Iterator[None]:
 
     socket.socket.connect = connect  # type: ignore[method-assign]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-    socket.create_connection = create_connection  # type: ignore[assignment]
+    socket.create_connection = create_connection
     try:
         yield
     finally:

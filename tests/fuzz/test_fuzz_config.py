@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories.outcome import returned_or_raised
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,14 +84,15 @@ def check(workdir: Path, data: bytes) -> None:
     path = workdir / "tdxupdate.conf"
     path.write_bytes(data)
     os.chmod(path, 0o600)
-    try:
-        values = load_config(path, required=True)
-    except TdxError as exc:
-        assert (exc.code, exc.exit_code) == ("config-invalid", 78), exc
-        message = str(exc)
-        assert message.startswith(str(path)) and len(message.splitlines()) == 1, message
+    values = returned_or_raised(lambda: load_config(path, required=True), TdxError)
+    if isinstance(values, TdxError):
+        assert (values.code, values.exit_code) == ("config-invalid", 78), values
+        message = str(values)
+        assert message.startswith(str(path)), message
+        assert len(message.splitlines()) == 1, message
     else:
-        assert isinstance(values, dict) and set(values) <= set(KEYS)
+        assert isinstance(values, dict)
+        assert set(values) <= set(KEYS)
 
 
 @given(toml_documents())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 from factories.images import fix_checksum, make_image, resign, trusted_signers
+from factories.outcome import returned_or_raised
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -139,20 +140,22 @@ def test_verify_judges_every_mutation_with_the_documented_checks(m: Mutated) -> 
 @given(mutated_images())
 @budget(brief=40, long=2000)
 def test_inspect_and_convert_raise_only_invalid_image(m: Mutated) -> None:
-    try:
-        info = image.inspect(m.data[:HEAD_SIZE], len(m.data))
-    except InvalidImage as exc:
-        assert exc.check == "container" and exc.code == "image-invalid"
-        assert exc.message and "\n" not in exc.message
+    info = returned_or_raised(lambda: image.inspect(m.data[:HEAD_SIZE], len(m.data)), InvalidImage)
+    if isinstance(info, InvalidImage):
+        assert info.check == "container"
+        assert info.code == "image-invalid"
+        assert info.message
+        assert "\n" not in info.message
     else:
         assert info.size == len(m.data)
         assert 0 < info.module_offset <= len(m.data)
     other = FORMAT_B if m.fmt == FORMAT_A else FORMAT_A
-    try:
-        converted = imagebuild.convert(m.data, other)
-    except InvalidImage as exc:
-        assert exc.check in CHECK_NAMES and exc.code == "image-invalid"
-        assert exc.message and "\n" not in exc.message
+    converted = returned_or_raised(lambda: imagebuild.convert(m.data, other), InvalidImage)
+    if isinstance(converted, InvalidImage):
+        assert converted.check in CHECK_NAMES
+        assert converted.code == "image-invalid"
+        assert converted.message
+        assert "\n" not in converted.message
     else:
         # The sigstruct and module travel unchanged: the verdict on them does not change.
         before = imagecheck.verify(m.data, trusted_signers=trusted_signers())

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from factories.outcome import returned_or_raised
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -135,13 +136,13 @@ def mutated_text(draw: st.DrawFn) -> str:
 
 
 def check(data: str | bytes) -> None:
-    try:
-        result = parse_catalog(data, "fuzz.json")
-    except DataError as exc:
-        assert exc.code in ("mapping-invalid", "mapping-unsupported")
-        assert exc.exit_code == 65
-        message = str(exc)
-        assert message.startswith("fuzz.json: ") and len(message.splitlines()) == 1, message
+    result = returned_or_raised(lambda: parse_catalog(data, "fuzz.json"), DataError)
+    if isinstance(result, DataError):
+        assert result.code in ("mapping-invalid", "mapping-unsupported")
+        assert result.exit_code == 65
+        message = str(result)
+        assert message.startswith("fuzz.json: "), message
+        assert len(message.splitlines()) == 1, message
     else:
         assert isinstance(result, Catalog)
         assert len({r.version for r in result.releases}) == len(result.releases)

@@ -70,7 +70,8 @@ def test_format_a_header_rules_per_series(blob_a: bytes, damage: str, refused_by
 def test_format_b_header_rules(sample_repo: SampleRepo) -> None:
     good = image(sample_repo, "1.5.08", FORMAT_B)
     parsed = parse_for_kernel("ml", good)
-    assert parsed.sigstruct_area == good[0x1000:0x2000] and parsed.module == good[0x2000:]
+    assert parsed.sigstruct_area == good[0x1000:0x2000]
+    assert parsed.module == good[0x2000:]
     for bad in (
         good + bytes(4096),  # size does not match the page counts
         _set(good, 0x0C, (2).to_bytes(4, "little")),  # two sigstruct pages

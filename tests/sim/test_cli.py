@@ -37,7 +37,8 @@ def test_cli_mount_and_umount_leave_nothing_behind(tmp_path: Path) -> None:
         assert read(target / TDX_HOST / "seamldr/num_remaining_updates") == "3\n"
         assert read(target / TDX_HOST / "version") == "1.5.08\n"
         state = json.loads((target / ".tdxsim/state").read_bytes())
-        assert state["kernel"] == "v7" and state["faults"][0]["fault"] == "device-busy"
+        assert state["kernel"] == "v7"
+        assert state["faults"][0]["fault"] == "device-busy"
     finally:
         assert sim_main(["umount", str(target)]) == 0
     assert mounts_under(target) == []

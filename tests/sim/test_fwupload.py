@@ -239,7 +239,8 @@ def test_received_bytes_are_what_was_written(g5: SimHost, sample_repo: SampleRep
     assert upload(udir, img) == ""
     assert g5.received() == img
     record = last_upload(g5)
-    assert record["size"] == len(img) and record["format"] == "0x200"
+    assert record["size"] == len(img)
+    assert record["format"] == "0x200"
 
 
 def test_parsers_follow_the_kernel() -> None:

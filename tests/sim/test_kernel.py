@@ -122,7 +122,8 @@ def test_kernel_model_runs_in_process(sample_repo: SampleRepo) -> None:
         offset = 0
         while offset < len(img):
             offset += kernel.write_data(img[offset:], offset)
-        assert offset == len(img) and fw.counters["data_writes"] == len(img) // 4096
+        assert offset == len(img)
+        assert fw.counters["data_writes"] == len(img) // 4096
         fw.store_loading(b"0\n")
         assert fw.wait_idle(DEADLINE)
         assert fw.show_error() == b""

@@ -23,9 +23,13 @@ pytestmark = pytest.mark.fuse
 
 
 def test_simulated_host_unmounts_even_on_error(tmp_path: Path, sim_cache: Path) -> None:
-    with pytest.raises(RuntimeError), mount_sim(tmp_path, "legacy-g3", cache_dir=sim_cache) as host:
-        assert (host.sysroot / TDX_HOST / "seamldr").is_dir()
-        raise RuntimeError("boom")
+    def fail_while_mounted() -> None:
+        with mount_sim(tmp_path, "legacy-g3", cache_dir=sim_cache) as host:
+            assert (host.sysroot / TDX_HOST / "seamldr").is_dir()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_while_mounted()
     assert mounts_under(tmp_path) == []
 
 
@@ -36,10 +40,12 @@ def test_missing_fuse_is_one_line_and_exit_69(
     assert sim_main(["mount", str(tmp_path / "host")]) == 69
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "FUSE is unavailable" in err and "no-fuse does not exist" in err
+    assert "FUSE is unavailable" in err
+    assert "no-fuse does not exist" in err
     with pytest.raises(TdxError) as info:
         sim_mount.require_fuse()
-    assert info.value.code == "fuse-unavailable" and info.value.exit_code == 69
+    assert info.value.code == "fuse-unavailable"
+    assert info.value.exit_code == 69
 
 
 def test_no_emulator_mount_is_left(tmp_path_factory: pytest.TempPathFactory) -> None:

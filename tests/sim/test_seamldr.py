@@ -86,7 +86,8 @@ def test_p_seamldr_failure_is_fatal(g5: SimHost, sample_repo: SampleRepo, case: 
     assert upload(udir, build(sample_repo)) == "transferring:firmware-invalid\n"
     assert version_of(g5) == errno.ENXIO
     record = last_upload(g5)
-    assert record["fatal"] is True and reason in str(record["reason"])
+    assert record["fatal"] is True
+    assert reason in str(record["reason"])
     assert remaining_of(g5) == remaining
     # the module is gone: a good image cannot bring it back (only a reboot can)
     assert upload(udir, image(sample_repo, "1.5.08")) == "transferring:firmware-invalid\n"

@@ -85,7 +85,8 @@ def test_tree_paths_modes_and_formats_per_generation(series_host: SimHost) -> No
     root = series_host.sysroot
     for rel, (mode, content) in EXPECTED_TREE[series].items():
         st = os.stat(root / rel)
-        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode, rel
+        assert stat.S_ISREG(st.st_mode), rel
+        assert stat.S_IMODE(st.st_mode) == mode, rel
         assert read(root / rel) == content, rel
     if series != "v1":
         expected = {Path(p).relative_to(TDX_HOST).parts[0] for p in EXPECTED_TREE[series]}
@@ -132,14 +133,16 @@ def test_seamldr_attributes_are_root_only_on_g3_and_later(g5: SimHost) -> None:
 
     assert cat_as_nobody("version").stdout == "1.5.06\n"
     denied = cat_as_nobody("seamldr_version")
-    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert denied.returncode != 0
+    assert "Permission denied" in denied.stderr
 
 
 def test_proc_files_describe_the_configured_cpu(g5: SimHost) -> None:
     cpuinfo = read(g5.sysroot / "proc/cpuinfo")
     assert cpu_signature_from_cpuinfo(cpuinfo) == 0x806F8
     assert cpuinfo.count("processor\t:") == 8
-    assert "seamret_invd_vmcs" not in bugs(cpuinfo) and "spectre_v1" in bugs(cpuinfo)
+    assert "seamret_invd_vmcs" not in bugs(cpuinfo)
+    assert "spectre_v1" in bugs(cpuinfo)
     assert read(g5.sysroot / "proc/sys/kernel/osrelease") == "7.2.0\n"
     g5.control({"cpu": "0xa06d0", "online": "0-3"})
     cpuinfo = read(g5.sysroot / "proc/cpuinfo")

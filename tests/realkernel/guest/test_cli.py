@@ -42,7 +42,8 @@ def expect(run: CliRun, exit_code: int, code: str | None) -> dict[str, Any]:
     assert run.returncode == exit_code, run.describe()
     assert doc["action"] == "update", run.describe()
     if code is None:
-        assert doc["ok"] is True and doc["error"] is None, run.describe()
+        assert doc["ok"] is True, run.describe()
+        assert doc["error"] is None, run.describe()
     else:
         assert doc["ok"] is False, run.describe()
         assert doc["error"]["code"] == code, run.describe()
@@ -75,7 +76,9 @@ def test_accepted_but_version_unchanged(
 
     doc = expect(run, 1, "version-mismatch")
     message = doc["error"]["message"]
-    assert "accepted" in message and RUNNING in message and TARGET in message, message
+    assert "accepted" in message, message
+    assert RUNNING in message, message
+    assert TARGET in message, message
     assert doc["changed"] is False
     assert doc["kernel_error"] is None
     assert doc["fatal"] is False
@@ -132,7 +135,9 @@ def test_timeout_while_the_kernel_holds_the_update(make_update_host: Any, stage:
     doc = expect(run, 75, "timeout")
     message = doc["error"]["message"]
     # truthful: it gave up waiting, the kernel still has the update, in this stage
-    assert "2 s" in message and stage in message and "kernel" in message, message
+    assert "2 s" in message, message
+    assert stage in message, message
+    assert "kernel" in message, message
     assert doc["changed"] is False
     assert doc["kernel_error"] is None
     (record,) = host.history()

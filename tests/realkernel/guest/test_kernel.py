@@ -23,7 +23,7 @@ FULL_SIZE = 2_039_808  # the largest Format B image (kernel-abi.md §4)
 def test_guest_environment() -> None:
     # The host's root is mounted read-only and this interpreter is the host's.
     assert Path("/proc/self/mountinfo").read_text().count(" 9p ") >= 2
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(OSError, match="Read-only file system") as exc:
         Path(__file__).with_name("probe-write").write_text("x")
     assert exc.value.errno == errno.EROFS
     assert os.environ["TDXUPDATE_RK_PYTHON"] == sys.executable
@@ -90,7 +90,7 @@ def test_inject_next_applies_to_one_real_upload(tdx_module: Path) -> None:
 
 def test_hold_and_cancel(tdx_module: Path) -> None:
     kfw.hold(tdx_module, "transferring")
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(OSError, match="Device or resource busy") as exc:
         kfw.error(tdx_module)
     assert exc.value.errno == errno.EBUSY
     kfw.cancel(tdx_module)
@@ -104,7 +104,7 @@ def test_busy_device_ignores_a_new_load(tdx_module: Path) -> None:
     held = kfw.hold(tdx_module, "preparing")
     assert kfw.write_attr(tdx_module / "loading", "1") == 1
     assert kfw.read_attr(tdx_module / "loading").strip() == "0"
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(OSError, match="No such device") as exc:
         kfw.write_data(tdx_module, b"second image")
     assert exc.value.errno == errno.ENODEV
     assert kfw.write_attr(tdx_module / "loading", "0") == 1

@@ -56,7 +56,9 @@ def test_full_size_image_streams_and_is_accepted(
     assert calls[-1] == (len(image), len(image))
     assert [d for d, _ in calls] == sorted({d for d, _ in calls})
     assert len(calls) >= len(image) // kfw.PAGE_SIZE
-    assert result.committed and not result.timed_out and result.interrupted is None
+    assert result.committed
+    assert not result.timed_out
+    assert result.interrupted is None
     assert result.accepted
     assert result.kernel_error is None
     assert result.final_status == "idle"
@@ -77,7 +79,8 @@ def test_injected_error_is_decoded(tdx_module: Path, stage: str, error: str) -> 
     payload = f"inject:{stage}:{error}".encode() + b"\0" * 100
     result = uploader.upload(tdx_module, payload, timeout=60.0)
 
-    assert result.committed and not result.timed_out
+    assert result.committed
+    assert not result.timed_out
     assert not result.accepted
     assert result.kernel_error == f"{stage}:{error}"
     assert kfw.error(tdx_module) == f"{stage}:{error}\n"
@@ -105,7 +108,7 @@ def test_timeout_while_the_kernel_holds_the_upload(tdx_module: Path, stage: str)
     assert result.final_status == stage
     # the upload belongs to the kernel now: it is still running
     assert kfw.status(tdx_module) == stage
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(OSError, match="Device or resource busy") as exc:
         kfw.error(tdx_module)
     assert exc.value.errno == errno.EBUSY
 
