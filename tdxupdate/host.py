@@ -41,15 +41,11 @@ from tdxupdate.hostfiles import (
     CPUS_ONLINE,
     CPUS_PRESENT,
     ERRATUM,
-    MAX_CPU,
     OSRELEASE,
     cpu_signature_from_cpuinfo,
     cpuinfo_bugs,
     error_for_code,
-    format_cpu_list,
-    format_cpu_signature,
     parse_cpu_list,
-    parse_cpu_signature,
     parse_image_format,
     parse_kernel_release,
     show,
@@ -57,10 +53,6 @@ from tdxupdate.hostfiles import (
 from tdxupdate.kernels import (
     CLASS_FIRMWARE,
     FIRMWARE_NAMES,
-    FLAT,
-    FORMAT_A,
-    FORMAT_B,
-    FORMAT_B_KERNEL,
     G1_TDX_TSM,
     SEAMLDR_DIR,
     TDX_HOST,
@@ -70,42 +62,12 @@ from tdxupdate.sysroot import ATTR_LIMIT, Sysroot
 from tdxupdate.versions import Version
 
 __all__ = [
-    "CHECK_NAMES",
-    "CLASS_FIRMWARE",
-    "CPUINFO",
-    "CPUS_ONLINE",
-    "CPUS_PRESENT",
-    "ERRATUM",
-    "FIRMWARE_NAMES",
-    "FLAT",
-    "FORMAT_A",
-    "FORMAT_B",
-    "FORMAT_B_KERNEL",
-    "G1_TDX_TSM",
-    "MAX_CPU",
-    "OSRELEASE",
-    "SEAMLDR_DIR",
-    "TDX_HOST",
-    "HostCheck",
     "HostFacts",
-    "Sysroot",
-    "UploadInterface",
-    "cpu_signature_from_cpuinfo",
-    "cpuinfo_bugs",
     "discover",
     "find_upload_dir",
-    "format_cpu_list",
-    "format_cpu_signature",
     "module_lost",
-    "parse_cpu_list",
-    "parse_cpu_signature",
-    "parse_image_format",
-    "parse_kernel_release",
     "read_version_file",
 ]
-
-_ATTR_LIMIT = ATTR_LIMIT
-_CPUINFO_LIMIT = CPUINFO_LIMIT
 
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
@@ -189,7 +151,7 @@ def _os_error(path: Path, exc: OSError, missing_code: str) -> TdxError:
     return IOFailure(f"{path}: read fails with {name} ({exc.strerror or exc})")
 
 
-def _read_attr(sysroot: Sysroot, path: Path, missing_code: str, limit: int = _ATTR_LIMIT) -> bytes:
+def _read_attr(sysroot: Sysroot, path: Path, missing_code: str, limit: int = ATTR_LIMIT) -> bytes:
     try:
         data = sysroot.read(path, limit)
     except OSError as exc:
@@ -326,7 +288,7 @@ def _missing_upload_reason(
 
 
 def _read_cpuinfo(sysroot: Sysroot, path: Path) -> str:
-    raw = _read_attr(sysroot, path, "cpu-unknown", _CPUINFO_LIMIT)
+    raw = _read_attr(sysroot, path, "cpu-unknown", CPUINFO_LIMIT)
     if not raw.strip():
         raise Unavailable(f"{path}: empty", code="cpu-unknown")
     return raw.decode("utf-8", "replace")

@@ -16,8 +16,8 @@ import click
 import pytest
 
 from tdxupdate import __version__, config, metrics, policy
-from tdxupdate import host as _host
 from tdxupdate import image as _image
+from tdxupdate import preflight as _preflight
 from tdxupdate.cli import command
 from tdxupdate.errors import EXIT_CODES
 
@@ -182,7 +182,7 @@ def test_every_reason_token_is_documented() -> None:
 
 def test_every_check_name_is_documented() -> None:
     json_section = section("JSON OUTPUT")
-    assert [c for c in _host.CHECK_NAMES if roff(c) not in json_section] == []
+    assert [c for c in _preflight.CHECK_NAMES if roff(c) not in json_section] == []
     verify = section("ACTIONS")
     assert [c for c in _image.CHECK_NAMES if roff(c) not in verify] == []
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from tdxupdate.errors import IOFailure, PermissionDenied, TryLater
+from tdxupdate.fwupload import UploadInterface
 from tdxupdate.sysroot import Sysroot
 from tdxupdate.uploader import (
-    UploadInterface,
+    Timing,
     UploadResult,
     interface_written,
     upload,
-    upload_committed,
 )
 
 PAGE = 4096
@@ -218,7 +218,8 @@ def image_of(size: int) -> bytes:
 
 
 def run(fw: FakeFwUpload, image: bytes, **kwargs: object) -> UploadResult:
-    return upload(fw.iface, image, clock=fw.clock, sleep=fw.clock.sleep, **kwargs)  # type: ignore[arg-type]
+    timing = Timing(fw.clock, fw.clock.sleep)
+    return upload(fw.iface, image, timing=timing, **kwargs)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -509,26 +510,28 @@ def test_status_unreadable_after_commit_is_io_error_marked_committed(fw: FakeFwU
         (fw.dir / "status").unlink()
 
     fw.on_commit = device_gone
+    committed: list[int] = []
     with pytest.raises(IOFailure) as info:
-        run(fw, image_of(PAGE))
+        run(fw, image_of(PAGE), on_committed=committed.append)
     assert info.value.message == (
         f"{fw.dir / 'status'}: cannot read the upload status: No such file or directory (ENOENT)"
     )
-    assert interface_written(info.value) and upload_committed(info.value)
+    assert interface_written(info.value) and committed == [PAGE]
     assert fw.loading_writes == ["1", "0"]  # never aborted once the kernel owns it
 
 
 def test_failed_attempts_say_how_far_they_got(fw: FakeFwUpload) -> None:
     fw.set("status", "preparing\n")
+    committed: list[int] = []
     with pytest.raises(TryLater) as busy:
-        run(fw, image_of(PAGE))
-    assert not interface_written(busy.value) and not upload_committed(busy.value)
+        run(fw, image_of(PAGE), on_committed=committed.append)
+    assert not interface_written(busy.value) and committed == []
 
     fw.set("status", "idle\n")
     fw.commit_failure = OSError(errno.EBUSY, os.strerror(errno.EBUSY))
     with pytest.raises(TryLater) as refused:
-        run(fw, image_of(PAGE))
-    assert interface_written(refused.value) and not upload_committed(refused.value)
+        run(fw, image_of(PAGE), on_committed=committed.append)
+    assert interface_written(refused.value) and committed == []
     assert not interface_written(ValueError("unrelated"))
 
 
@@ -620,3 +623,13 @@ def test_upload_from_a_worker_thread_leaves_signal_handlers_alone(
     assert errors == []
     assert results[0].accepted
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_uploader_is_a_door_to_its_own_names_only() -> None:
+    """The decoder lives in kernel_errors, the interface and its guard in fwupload."""
+    from factories.doors import borrowed_imports, own_names
+
+    from tdxupdate import uploader
+
+    assert set(uploader.__all__) <= own_names("tdxupdate.uploader")
+    assert borrowed_imports("tdxupdate.uploader") == []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdxupdate.host import format_cpu_list
+from tdxupdate.hostfiles import format_cpu_list
 from tdxupdate.image import INTEL_PRODUCTION_SIGNER
 from tdxupdate.sim.faults import parse_fault
 from tdxupdate.versions import Version

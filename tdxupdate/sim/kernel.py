@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tdxupdate.host import format_cpu_list
+from tdxupdate.hostfiles import format_cpu_list
 from tdxupdate.sim.blob import ImageRejected, parse_for_kernel
 from tdxupdate.sim.config import (
     TD_PRESERVING_BIT,
