@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tdxupdate import fsio
 from tdxupdate.errors import (
     TERMINATING_SIGNALS,
     IOFailure,
@@ -126,9 +127,11 @@ def _errno_text(exc: OSError) -> str:
 
 
 def _error_for(exc: OSError, path: Path, doing: str, suffix: str = "") -> TdxError:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"{path}: {doing}: permission denied (run as root){suffix}")
-    return IOFailure(f"{path}: {doing}: {_errno_text(exc)}{suffix}")
+    """``exc`` from ``doing`` something to ``path``; ``suffix`` says what was undone."""
+    denied = fsio.cases((fsio.DENIED, PermissionDenied, f"permission denied (run as root){suffix}"))
+    return fsio.os_error(
+        exc, f"{path}: {doing}", denied, other=lambda e: f"{_errno_text(e)}{suffix}"
+    )
 
 
 def _abort(iface: UploadInterface) -> OSError | None:
