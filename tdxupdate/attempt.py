@@ -32,7 +32,8 @@ from tdxupdate import (
 from tdxupdate import host as _host
 from tdxupdate import inventory as _inv
 from tdxupdate.errors import Interrupted, TdxError, TryLater
-from tdxupdate.fwupload import UploadInterface
+from tdxupdate.fwupload import UploadInterface, require_upload_filesystem
+from tdxupdate.hostfiles import format_cpu_list
 from tdxupdate.report import Report, Unset, UpdateDoc, fmt_hex
 from tdxupdate.versions import Version
 
@@ -158,8 +159,8 @@ def recheck_preflight(plan: UpdatePlan) -> None:
     ]
     if before.cpus_online != now.cpus_online:
         changed.append(
-            f"online CPUs {_host.format_cpu_list(before.cpus_online or ())} -> "
-            f"{_host.format_cpu_list(now.cpus_online or ())}"
+            f"online CPUs {format_cpu_list(before.cpus_online or ())} -> "
+            f"{format_cpu_list(now.cpus_online or ())}"
         )
     if not changed:
         _LOG.info("preflight read again before the first write: the host is unchanged")
@@ -186,7 +187,7 @@ def _noting(report: Report) -> Callable[[str], None]:
 
 def execute(plan: UpdatePlan, report: Report, progress: ProgressFactory) -> Attempt:
     """Take the host lock and the fence, run the hooks around the attempts; the last attempt."""
-    uploader.require_upload_filesystem(plan.interface)
+    require_upload_filesystem(plan.interface)
     with lock.acquire_host(plan.upload_dir) as host_lock:
         env = plan.hook_env()
         result: Attempt | None = None

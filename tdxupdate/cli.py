@@ -241,7 +241,7 @@ def _finish(settings: Settings, report: Any, started: float) -> int:
         try:
             metrics.write_textfile(
                 settings.metrics_file,
-                report.document(),
+                report,
                 duration_s=time.monotonic() - started,
                 now=time.time(),
             )
@@ -253,7 +253,7 @@ def _finish(settings: Settings, report: Any, started: float) -> int:
                 report.error = exc
     code = _emit(settings, report)
     if settings.action == "update":
-        _log.log_update_summary(report.document())
+        _log.log_update_summary(report)
     return code
 
 

@@ -64,7 +64,7 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
 
 
 def _cpu_arg(value: str) -> int:
-    from tdxupdate.host import parse_cpu_signature
+    from tdxupdate.hostfiles import parse_cpu_signature
 
     try:
         return parse_cpu_signature(value)

@@ -192,11 +192,3 @@ def funnel(exc: BaseException) -> TdxError:
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted("interrupted by SIGINT")
     return InternalError(f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
-
-
-def from_oserror(exc: OSError, what: str) -> TdxError:
-    """:func:`tdxupdate.fsio.os_error` with the common cases (kept for the modules that still
-    import it from here; new code calls ``fsio.os_error``)."""
-    from tdxupdate import fsio
-
-    return fsio.os_error(exc, what)

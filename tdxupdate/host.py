@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tdxupdate import kernels, preflight
+from tdxupdate import fsio, kernels, preflight
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError, Unavailable, UsageError
 from tdxupdate.fwupload import UploadInterface
 from tdxupdate.hostfiles import (
@@ -41,15 +42,11 @@ from tdxupdate.hostfiles import (
     CPUS_ONLINE,
     CPUS_PRESENT,
     ERRATUM,
-    MAX_CPU,
     OSRELEASE,
     cpu_signature_from_cpuinfo,
     cpuinfo_bugs,
     error_for_code,
-    format_cpu_list,
-    format_cpu_signature,
     parse_cpu_list,
-    parse_cpu_signature,
     parse_image_format,
     parse_kernel_release,
     show,
@@ -57,10 +54,6 @@ from tdxupdate.hostfiles import (
 from tdxupdate.kernels import (
     CLASS_FIRMWARE,
     FIRMWARE_NAMES,
-    FLAT,
-    FORMAT_A,
-    FORMAT_B,
-    FORMAT_B_KERNEL,
     G1_TDX_TSM,
     SEAMLDR_DIR,
     TDX_HOST,
@@ -70,42 +63,12 @@ from tdxupdate.sysroot import ATTR_LIMIT, Sysroot
 from tdxupdate.versions import Version
 
 __all__ = [
-    "CHECK_NAMES",
-    "CLASS_FIRMWARE",
-    "CPUINFO",
-    "CPUS_ONLINE",
-    "CPUS_PRESENT",
-    "ERRATUM",
-    "FIRMWARE_NAMES",
-    "FLAT",
-    "FORMAT_A",
-    "FORMAT_B",
-    "FORMAT_B_KERNEL",
-    "G1_TDX_TSM",
-    "MAX_CPU",
-    "OSRELEASE",
-    "SEAMLDR_DIR",
-    "TDX_HOST",
-    "HostCheck",
     "HostFacts",
-    "Sysroot",
-    "UploadInterface",
-    "cpu_signature_from_cpuinfo",
-    "cpuinfo_bugs",
     "discover",
     "find_upload_dir",
-    "format_cpu_list",
-    "format_cpu_signature",
     "module_lost",
-    "parse_cpu_list",
-    "parse_cpu_signature",
-    "parse_image_format",
-    "parse_kernel_release",
     "read_version_file",
 ]
-
-_ATTR_LIMIT = ATTR_LIMIT
-_CPUINFO_LIMIT = CPUINFO_LIMIT
 
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
@@ -174,27 +137,41 @@ def _is_seamldr_attribute(path: Path) -> bool:
     )
 
 
-def _os_error(path: Path, exc: OSError, missing_code: str) -> TdxError:
-    """An OSError from reading ``path`` as the documented error (cli-contract.md §2)."""
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        if _is_seamldr_attribute(path):
-            return PermissionDenied(
-                f"{path}: permission denied; the P-SEAMLDR attributes are readable by root only "
-                "(mode 0400 since kernel series v4): run as root"
-            )
-        return PermissionDenied(f"{path}: permission denied: run as root")
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return error_for_code(missing_code, f"{path}: does not exist")
-    name = errno.errorcode.get(exc.errno or 0, "error")
-    return IOFailure(f"{path}: read fails with {name} ({exc.strerror or exc})")
+_DENIED = "permission denied: run as root"
+_SEAMLDR_DENIED = (
+    "permission denied; the P-SEAMLDR attributes are readable by root only "
+    "(mode 0400 since kernel series v4): run as root"
+)
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+#: ENXIO from ``version``: the module is lost after a failed update (kernel-abi.md §3).
+_LOST: fsio.Cases = fsio.cases(
+    ((errno.ENXIO,), functools.partial(Unavailable, code="version-unreadable"), _MODULE_LOST)
+)
 
 
-def _read_attr(sysroot: Sysroot, path: Path, missing_code: str, limit: int = _ATTR_LIMIT) -> bytes:
+def _read_fails(exc: OSError) -> str:
+    return f"read fails with {fsio.errno_name(exc)} ({fsio.reason(exc)})"
+
+
+def _read_error(
+    path: Path, exc: OSError, missing_code: str, extra: fsio.Cases | None = None
+) -> TdxError:
+    """An OSError from reading ``path`` as the documented error (cli-contract.md §2):
+    ``missing_code`` names what a missing file means, ``extra`` adds the file's own cases."""
+    denied = _SEAMLDR_DENIED if _is_seamldr_attribute(path) else _DENIED
+    known = fsio.cases(
+        (fsio.DENIED, PermissionDenied, denied),
+        (_MISSING, functools.partial(error_for_code, missing_code), "does not exist"),
+    )
+    return fsio.os_error(exc, path, {**known, **(extra or {})}, other=_read_fails)
+
+
+def _read_attr(sysroot: Sysroot, path: Path, missing_code: str, limit: int = ATTR_LIMIT) -> bytes:
     try:
         data = sysroot.read(path, limit)
     except OSError as exc:
         _LOG.debug("read %s: %s", path, exc.strerror or exc)
-        raise _os_error(path, exc, missing_code) from exc
+        raise _read_error(path, exc, missing_code) from exc
     _LOG.debug("read %s: %s", path, show(data))
     return data
 
@@ -212,9 +189,7 @@ def read_version_file(path: Path, sysroot: Sysroot | None = None) -> Version:
     try:
         data = (sysroot or Sysroot()).read(path)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise Unavailable(f"{path}: {_MODULE_LOST}", code="version-unreadable") from exc
-        raise _os_error(path, exc, "version-unreadable") from exc
+        raise _read_error(path, exc, "version-unreadable", _LOST) from exc
     if not data.strip():
         raise Unavailable(
             f"{path}: empty (expected a version major.minor.update)", code="version-unreadable"
@@ -326,7 +301,7 @@ def _missing_upload_reason(
 
 
 def _read_cpuinfo(sysroot: Sysroot, path: Path) -> str:
-    raw = _read_attr(sysroot, path, "cpu-unknown", _CPUINFO_LIMIT)
+    raw = _read_attr(sysroot, path, "cpu-unknown", CPUINFO_LIMIT)
     if not raw.strip():
         raise Unavailable(f"{path}: empty", code="cpu-unknown")
     return raw.decode("utf-8", "replace")

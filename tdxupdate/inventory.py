@@ -20,6 +20,7 @@ from tdxupdate.catalog import Catalog
 from tdxupdate.errors import InvalidImage, TdxError
 from tdxupdate.report import CandidateDoc, HostDoc, Report, fmt_hex
 from tdxupdate.settings import Settings
+from tdxupdate.sysroot import Sysroot
 from tdxupdate.versions import Version
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,9 +40,7 @@ def discover(
     sysroot: Path, *, cpu_signature: int | None, image_format: str = "auto"
 ) -> _host.HostFacts:
     """The one call into host discovery."""
-    return _host.discover(
-        _host.Sysroot(sysroot), cpu_signature=cpu_signature, image_format=image_format
-    )
+    return _host.discover(Sysroot(sysroot), cpu_signature=cpu_signature, image_format=image_format)
 
 
 def discover_host(settings: Settings) -> _host.HostFacts:

@@ -107,7 +107,8 @@ def _run(args: Sequence[str], stdin: BinaryIO, err: TextIO) -> int:
         return 0
 
     from tdxupdate import fence
-    from tdxupdate.host import Sysroot, find_upload_dir
+    from tdxupdate.host import find_upload_dir
+    from tdxupdate.sysroot import Sysroot
 
     located = find_upload_dir(Sysroot(os.environ.get("TDXUPDATE_SYSROOT") or "/"))
     if located is None:

@@ -21,7 +21,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tdxupdate.report import Report
 
 PROG = "tdxupdate"
 LOGGER_NAME = "tdxupdate"
@@ -236,8 +239,8 @@ def _token(value: object) -> str:
     return text.replace(" ", "_") or "unknown"
 
 
-def update_summary(doc: Mapping[str, Any]) -> str:
-    """One line for an ``--update`` run, from its JSON document (cli-contract.md §3).
+def update_summary(report: Report) -> str:
+    """One line for an ``--update`` run, from its report (cli-contract.md §3).
 
     ``update: from=1.5.06 to=1.5.24 result=success exit_code=0`` — ``result`` is the token of
     :func:`tdxupdate.metrics.result_of` (``success``, ``nothing-to-do``, ``dry-run`` or the
@@ -245,22 +248,23 @@ def update_summary(doc: Mapping[str, Any]) -> str:
     """
     from tdxupdate.metrics import exit_code_of, result_of
 
-    host = doc.get("host") or {}
-    selected = doc.get("selected") or {}
-    from_version = doc.get("from_version") or host.get("module_version")
+    update = report.update
+    running = report.host.module_version if report.host is not None else None
+    from_version = (update.from_version if update is not None else None) or running
     # A refused explicit VERSION has no to_version, but it is what the attempt was for.
-    to_version = doc.get("to_version") or selected.get("version")
+    selected = update.selected.version if update is not None and update.selected else None
+    to_version = (update.to_version if update is not None else None) or selected
     fields = [
         f"from={_token(from_version)}",
         f"to={_token(to_version)}",
-        f"result={_token(result_of(doc))}",
-        f"exit_code={exit_code_of(doc)}",
+        f"result={_token(result_of(report))}",
+        f"exit_code={exit_code_of(report)}",
     ]
-    if doc.get("kernel_error"):
-        fields.append(f"kernel_error={_token(doc['kernel_error'])}")
+    if update is not None and update.kernel_error:
+        fields.append(f"kernel_error={_token(update.kernel_error)}")
     return "update: " + " ".join(fields)
 
 
-def log_update_summary(doc: Mapping[str, Any], logger: logging.Logger | None = None) -> None:
+def log_update_summary(report: Report, logger: logging.Logger | None = None) -> None:
     """Log :func:`update_summary` at NOTICE (issue 6: one line per update attempt)."""
-    notice("%s", update_summary(doc), logger=logger)
+    notice("%s", update_summary(report), logger=logger)

@@ -9,25 +9,35 @@ in place and no temporary file behind.
 
 Info-style metrics (``*_info{version="…"} 1``) are gauges, because the 0.0.4 text format has
 no ``info`` type. A metric whose value this run did not learn is left out rather than written
-as 0, so "unknown" never reads as "none".
+as 0, so "unknown" never reads as "none". The values are read from the typed
+:class:`~tdxupdate.report.Report` of the run, the same one the JSON document is made of.
 """
 
 from __future__ import annotations
 
 import errno
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from tdxupdate import fsio, safedir
 from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
+from tdxupdate.report import UNSET, HostDoc, Report, UpdateDoc
 from tdxupdate.versions import try_parse
 
 PREFIX = "tdxupdate"
 
 
-def result_of(doc: Mapping[str, Any]) -> str:
+def _update(report: Report) -> UpdateDoc | None:
+    """The ``--update`` keys of the run, None for other actions or before they were known."""
+    return report.update if report.action == "update" else None
+
+
+def _known(value: object) -> object:
+    return None if value is UNSET else value
+
+
+def result_of(report: Report) -> str:
     """The outcome of a run as one token.
 
     ``success`` (the running version changed), ``nothing-to-do``, ``dry-run`` (a plan to install
@@ -35,25 +45,21 @@ def result_of(doc: Mapping[str, Any]) -> str:
     ``ok`` for the other actions; otherwise the error token (``device-busy``, ``locked``,
     ``module-lost`` …, cli-contract.md §2).
     """
-    error = doc.get("error")
-    if error:
-        return str(error.get("code") or "error")
-    if doc.get("action") == "update":
-        if doc.get("changed"):
+    if report.error is not None:
+        return report.error.code or "error"
+    if report.action == "update":
+        update = report.update
+        if update is not None and update.changed:
             return "success"
-        target = doc.get("to_version")
-        if doc.get("dry_run") and target is not None and target != doc.get("from_version"):
+        target = update.to_version if update is not None else None
+        if update is not None and update.dry_run and target not in (None, update.from_version):
             return "dry-run"  # a plan was made; with nothing to install it is nothing-to-do
         return "nothing-to-do"
     return "ok"
 
 
-def exit_code_of(doc: Mapping[str, Any]) -> int:
-    error = doc.get("error")
-    if not error:
-        return 0
-    code = error.get("exit_code")
-    return code if isinstance(code, int) else 1
+def exit_code_of(report: Report) -> int:
+    return 0 if report.error is None else report.error.exit_code
 
 
 def _escape_label(value: str) -> str:
@@ -94,25 +100,29 @@ class _Family:
             yield f"{shown} {_number(value)}"
 
 
-def _running_version(doc: Mapping[str, Any], host: Mapping[str, Any]) -> str | None:
+def _running_version(report: Report, host: HostDoc | None) -> str | None:
     """The module running *after* this run: the target when an update changed it."""
-    if doc.get("action") == "update":
-        if doc.get("fatal"):
+    update = _update(report)
+    if update is not None:
+        if update.fatal:
             return None
-        if doc.get("changed") and doc.get("to_version"):
-            return str(doc["to_version"])
-    version = host.get("module_version")
+        if update.changed and update.to_version:
+            return str(update.to_version)
+    version = host.module_version if host is not None else None
     return str(version) if version else None
 
 
-def _running_identity(
-    doc: Mapping[str, Any], host: Mapping[str, Any], running: str
-) -> tuple[str, str]:
+def _running_identity(report: Report, host: HostDoc | None, running: str) -> tuple[str, str]:
     """SEAMSVN and MRSEAM of the module running after this run, ``unknown`` when not known."""
-    if doc.get("action") == "update" and running == doc.get("to_version") and doc.get("changed"):
-        svn, mrseam = doc.get("to_seamsvn"), doc.get("to_mrseam")
+    update = _update(report)
+    svn: object
+    mrseam: object
+    if update is not None and running == update.to_version and update.changed:
+        svn, mrseam = _known(update.to_seamsvn), _known(update.to_mrseam)
+    elif host is not None:
+        svn, mrseam = host.seamsvn, host.mrseam or host.mrseam_prefix
     else:
-        svn, mrseam = host.get("seamsvn"), host.get("mrseam") or host.get("mrseam_prefix")
+        svn = mrseam = None
     return (str(svn) if svn else "unknown", str(mrseam) if mrseam else "unknown")
 
 
@@ -121,45 +131,47 @@ def _running_identity(
 _COUNT_UNCERTAIN = frozenset({"kernel-error", "version-mismatch", "module-lost", "timeout"})
 
 
-def _remaining(doc: Mapping[str, Any], host: Mapping[str, Any]) -> int | None:
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _remaining(report: Report, host: HostDoc | None) -> int | None:
     """``num_remaining_updates`` after this run, when it is known."""
-    before = host.get("num_remaining_updates")
-    before = before if isinstance(before, int) and not isinstance(before, bool) else None
-    if doc.get("action") != "update":
+    before = _count(host.num_remaining_updates) if host is not None else None
+    if report.action != "update":
         return before
-    after = doc.get("remaining_after")
-    if isinstance(after, int) and not isinstance(after, bool):
+    update = report.update
+    after = _count(_known(update.remaining_after)) if update is not None else None
+    if after is not None:
         return after
-    if doc.get("changed"):
-        warned = "remaining-updates-not-decremented" in (doc.get("warnings") or ())
+    if update is not None and update.changed:
+        warned = "remaining-updates-not-decremented" in report.warnings
         if before is not None and before > 0 and not warned:
             # kernel-abi.md §1 G5: "After each successful update, the number reduces by one",
             # and the orchestrator warns when it did not.
             return before - 1
         return None
-    error = doc.get("error") or {}
-    if error.get("code") in _COUNT_UNCERTAIN:
+    if report.error is not None and report.error.code in _COUNT_UNCERTAIN:
         return None
     return before
 
 
-def _update_available(doc: Mapping[str, Any], running: str | None) -> bool | None:
-    candidates = doc.get("candidates")
-    if not isinstance(candidates, list):
+def _update_available(report: Report, running: str | None) -> bool | None:
+    if report.candidates is None:
         return None
     current = try_parse(running) if running else None
-    for c in candidates:
-        if not c.get("eligible"):
+    for c in report.candidates:
+        if not c.eligible:
             continue
-        version = try_parse(str(c.get("version", "")))
+        version = try_parse(str(c.version))
         if current is None or (version is not None and version > current):
             return True
     return False
 
 
-def render_textfile(doc: Mapping[str, Any], *, duration_s: float, now: float) -> str:
-    """The textfile for one run's JSON document ``doc`` (any action)."""
-    host = doc.get("host") or {}
+def render_textfile(report: Report, *, duration_s: float, now: float) -> str:
+    """The textfile for one run's ``report`` (any action)."""
+    host = report.host
     families: list[_Family] = []
 
     def family(name: str, help_text: str) -> _Family:
@@ -167,45 +179,46 @@ def render_textfile(doc: Mapping[str, Any], *, duration_s: float, now: float) ->
         families.append(f)
         return f
 
-    running = _running_version(doc, host)
+    running = _running_version(report, host)
     if running:
-        seamsvn, mrseam = _running_identity(doc, host, running)
+        seamsvn, mrseam = _running_identity(report, host, running)
         family(
             "module_info",
             "The TDX module running on this host: version, SEAMSVN and MRSEAM (what TDs "
             "attest; 8 hex digits when only those are published; unknown when not known).",
         ).add(1, version=running, seamsvn=seamsvn, mrseam=mrseam)
-    seamldr = host.get("seamldr_version")
+    seamldr = host.seamldr_version if host is not None else None
     if seamldr:
         family("seamldr_info", "The P-SEAMLDR version on this host.").add(1, version=str(seamldr))
-    remaining = _remaining(doc, host)
+    remaining = _remaining(report, host)
     if remaining is not None:
         family(
             "remaining_updates",
             "Runtime TDX module updates the P-SEAMLDR allows before the next reboot.",
         ).add(remaining)
-    available = _update_available(doc, running)
+    available = _update_available(report, running)
     if available is not None:
         family(
             "update_available",
             "1 when the repository holds a newer module eligible for this host "
             "(known after --list and --update).",
         ).add(1 if available else 0)
-    host_lost = isinstance(host, Mapping) and host.get("module_lost") is True
-    if (doc.get("action") == "update" and "fatal" in doc) or "module_lost" in host:
+    update = _update(report)
+    host_lost = host is not None and host.module_lost is True
+    if update is not None or host is not None:
         # A state of the host: 1 from the update that lost the module until a reboot brings
         # it back, on every run that reads the host, not only the one that lost it.
         family(
             "module_lost",
             "1 while the TDX module is lost (every TD was killed; reboot needed).",
-        ).add(1 if doc.get("fatal") or host_lost else 0)
+        ).add(1 if (report.update is not None and report.update.fatal) or host_lost else 0)
     family("last_run_timestamp_seconds", "When the last tdxupdate run ended (Unix time).").add(now)
     family(
         "last_result",
         "The result of the last run: success, nothing-to-do, dry-run, ok, or the error token.",
-    ).add(1, action=str(doc.get("action") or "none"), result=result_of(doc))
+    ).add(1, action=report.action or "none", result=result_of(report))
     family("last_exit_code", "The exit code of the last run (see tdxupdate(8)).").add(
-        exit_code_of(doc)
+        exit_code_of(report)
     )
     family("last_run_duration_seconds", "How long the last tdxupdate run took.").add(
         round(duration_s, 6)
@@ -255,12 +268,10 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         )
 
 
-def write_textfile(
-    path: Path, report_doc: Mapping[str, Any], *, duration_s: float, now: float
-) -> None:
-    """Write the textfile for ``report_doc`` to ``path`` atomically, mode 0644.
+def write_textfile(path: Path, report: Report, *, duration_s: float, now: float) -> None:
+    """Write the textfile for ``report`` to ``path`` atomically, mode 0644.
 
     Raises :class:`IOFailure` (74) or :class:`PermissionDenied` (77) naming ``path``.
     """
-    text = render_textfile(report_doc, duration_s=duration_s, now=now)
+    text = render_textfile(report, duration_s=duration_s, now=now)
     write_atomically(Path(path), text.encode("utf-8"))

@@ -2,9 +2,9 @@
 ``to_json()`` that produces the published JSON (``schemas/output.schema.json``).
 
 An action fills a :class:`Report` and raises :class:`TdxError` on failure; the report keeps
-what was learnt before the failure so ``--json`` can still show it. :mod:`tdxupdate.render`
-reads the typed fields; the metrics textfile and the update summary line are built from
-:meth:`Report.document`, the JSON itself.
+what was learnt before the failure so ``--json`` can still show it. :mod:`tdxupdate.render`,
+:mod:`tdxupdate.metrics` and the update summary line of :mod:`tdxupdate.log` read the typed
+fields; :meth:`Report.document` is the JSON made of them.
 """
 
 from __future__ import annotations

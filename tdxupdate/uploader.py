@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tdxupdate import fsio
 from tdxupdate.errors import (
     TERMINATING_SIGNALS,
     IOFailure,
@@ -41,30 +42,18 @@ from tdxupdate.errors import (
     TdxError,
     TryLater,
 )
-from tdxupdate.fwupload import (
-    UPLOAD_FILESYSTEMS,
-    UploadInterface,
-    filesystem_type,
-    require_upload_filesystem,
-)
-from tdxupdate.kernel_errors import KNOWN_ERROR_TOKENS, KernelError, decode_kernel_error
+from tdxupdate.fwupload import UploadInterface
 
 _LOG = logging.getLogger(__name__)
 
 __all__ = [
     "FIRST_POLL_INTERVAL",
-    "KNOWN_ERROR_TOKENS",
     "MAX_POLL_INTERVAL",
-    "UPLOAD_FILESYSTEMS",
-    "KernelError",
-    "UploadInterface",
+    "SYSTEM_TIMING",
+    "Timing",
     "UploadResult",
-    "decode_kernel_error",
-    "filesystem_type",
     "interface_written",
-    "require_upload_filesystem",
     "upload",
-    "upload_committed",
 ]
 
 #: Status watch: first re-read after 1 ms, doubling up to 25 ms (cli-contract.md §4 step 7).
@@ -76,6 +65,19 @@ _SIGNALS = TERMINATING_SIGNALS
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The time source of the status watch: a monotonic ``clock`` and its ``sleep``.
+
+    Tests pass a fake pair so the watch runs without waiting."""
+
+    clock: Clock = time.monotonic
+    sleep: Sleep = time.sleep
+
+
+SYSTEM_TIMING = Timing()
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,11 @@ def _errno_text(exc: OSError) -> str:
 
 
 def _error_for(exc: OSError, path: Path, doing: str, suffix: str = "") -> TdxError:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"{path}: {doing}: permission denied (run as root){suffix}")
-    return IOFailure(f"{path}: {doing}: {_errno_text(exc)}{suffix}")
+    """``exc`` from ``doing`` something to ``path``; ``suffix`` says what was undone."""
+    denied = fsio.cases((fsio.DENIED, PermissionDenied, f"permission denied (run as root){suffix}"))
+    return fsio.os_error(
+        exc, f"{path}: {doing}", denied, other=lambda e: f"{_errno_text(e)}{suffix}"
+    )
 
 
 def _abort(iface: UploadInterface) -> OSError | None:
@@ -151,11 +155,10 @@ def _abort_note(loading: Path, failure: OSError | None) -> str:
 class _Phase:
     """How far an upload got; attached to any :class:`TdxError` that ``upload`` raises."""
 
-    __slots__ = ("committed", "written")
+    __slots__ = ("written",)
 
     def __init__(self) -> None:
         self.written = False  # loading=1 was attempted: the attempt belongs in the history
-        self.committed = False  # loading=0 was accepted: the kernel owns the update
 
 
 _PHASE_ATTR = "_tdxupdate_upload_phase"
@@ -169,15 +172,6 @@ def interface_written(exc: BaseException) -> bool:
     """
     phase = getattr(exc, _PHASE_ATTR, None)
     return isinstance(phase, _Phase) and phase.written
-
-
-def upload_committed(exc: BaseException) -> bool:
-    """Whether the failed :func:`upload` had committed (the kernel may be updating now).
-
-    True only when ``status`` or ``error`` could not be read after ``loading=0``.
-    """
-    phase = getattr(exc, _PHASE_ATTR, None)
-    return isinstance(phase, _Phase) and phase.committed
 
 
 class _SignalTrap:
@@ -221,8 +215,7 @@ def upload(
     *,
     timeout: float = 300.0,
     progress: Progress | None = None,
-    clock: Clock = time.monotonic,
-    sleep: Sleep = time.sleep,
+    timing: Timing = SYSTEM_TIMING,
     before_write: Callable[[], None] | None = None,
     stale_loading: bool = False,
     on_committed: Callable[[int], None] | None = None,
@@ -235,47 +228,30 @@ def upload(
     Raises :class:`TryLater` (``upload-busy``) when ``status`` is not ``idle`` or the kernel
     refuses ``loading=0`` with EBUSY, :class:`IOFailure`/:class:`PermissionDenied` when a
     write fails (the partial image is aborted first), or when ``status``/``error`` cannot be
-    read after the commit; :func:`interface_written` and :func:`upload_committed` tell how
-    far such a failed attempt got. Returns an :class:`UploadResult` for everything after the
-    commit, and for a SIGINT/SIGTERM before it (``interrupted``). ``clock`` and ``sleep`` are
-    injectable so tests run the status watch on a fake clock. ``before_write`` runs after the
-    interface was found idle and immediately before the first write (``loading=1``); whatever
-    it raises stops the upload with nothing written. ``loading`` already reading 1 is another
-    writer's open upload and refused, unless ``stale_loading`` says a killed tdxupdate (whose
-    host lock we now hold) left it: then ``loading=1`` starts the buffer afresh.
+    read after the commit; :func:`interface_written` tells whether such a failed attempt had
+    written anything. Returns an :class:`UploadResult` for everything after the commit, and
+    for a SIGINT/SIGTERM before it (``interrupted``); ``on_committed`` is called with the
+    bytes written the moment the kernel took the image. ``timing`` is injectable so tests run
+    the status watch on a fake clock. ``before_write`` runs after the interface was found
+    idle and immediately before the first write (``loading=1``); whatever it raises stops the
+    upload with nothing written. ``loading`` already reading 1 is another writer's open
+    upload and refused, unless ``stale_loading`` says a killed tdxupdate (whose host lock we
+    now hold) left it: then ``loading=1`` starts the buffer afresh.
     """
     iface = target if isinstance(target, UploadInterface) else UploadInterface(Path(target))
     phase = _Phase()
     try:
-        return _upload(
-            iface,
-            image,
-            timeout,
-            progress,
-            clock,
-            sleep,
-            phase,
-            before_write,
-            stale_loading,
-            on_committed,
-        )
+        _ready(iface, stale_loading)
+        if before_write is not None:
+            before_write()
+        return _send(iface, image, phase, progress, timing, timeout, on_committed)
     except TdxError as exc:
         setattr(exc, _PHASE_ATTR, phase)
         raise
 
 
-def _upload(
-    iface: UploadInterface,
-    image: bytes | bytearray | memoryview,
-    timeout: float,
-    progress: Progress | None,
-    clock: Clock,
-    sleep: Sleep,
-    phase: _Phase,
-    before_write: Callable[[], None] | None = None,
-    stale_loading: bool = False,
-    on_committed: Callable[[int], None] | None = None,
-) -> UploadResult:
+def _ready(iface: UploadInterface, stale_loading: bool) -> None:
+    """Refuse unless ``status`` reads ``idle`` and no other writer holds ``loading`` open."""
     loading = iface.loading
     status_path = iface.status
 
@@ -303,9 +279,19 @@ def _upload(
             f"(if nothing else is writing, 'echo -1 > {loading}' aborts it)",
             code="upload-busy",
         )
-    if before_write is not None:
-        before_write()
 
+
+def _send(
+    iface: UploadInterface,
+    image: bytes | bytearray | memoryview,
+    phase: _Phase,
+    progress: Progress | None,
+    timing: Timing,
+    timeout: float,
+    on_committed: Callable[[int], None] | None,
+) -> UploadResult:
+    """Stream, commit and watch an interface :func:`_ready` found idle."""
+    clock = timing.clock
     with memoryview(image) as raw, raw.cast("B") as view, _SignalTrap() as trap:
         total = view.nbytes
         if total == 0:
@@ -316,7 +302,7 @@ def _upload(
         if interrupted:
             return UploadResult(
                 kernel_error=None,
-                final_status=status,
+                final_status="idle",  # as _ready found it: nothing was committed
                 timed_out=False,
                 interrupted=trap.first,
                 signal_after_commit=None,
@@ -327,15 +313,13 @@ def _upload(
                 touched=phase.written,
             )
         _commit(iface)
-        phase.committed = True
         if on_committed is not None:
             # Saying so must never stop the watch of an upload the kernel now owns (a closed
             # stdout, say): the outcome still has to be read and recorded.
             with contextlib.suppress(Exception):
                 on_committed(written)
         # A signal seen from now on came after the last check before the commit.
-        deadline = clock() + timeout
-        final_status, kernel_error, timed_out = _watch(iface, deadline, clock, sleep)
+        final_status, kernel_error, timed_out = _watch(iface, clock() + timeout, timing)
         return UploadResult(
             kernel_error=kernel_error,
             final_status=final_status,
@@ -448,12 +432,7 @@ def _commit(iface: UploadInterface) -> None:
         ) from exc
 
 
-def _watch(
-    iface: UploadInterface,
-    deadline: float,
-    clock: Clock,
-    sleep: Sleep,
-) -> tuple[str, str | None, bool]:
+def _watch(iface: UploadInterface, deadline: float, timing: Timing) -> tuple[str, str | None, bool]:
     """Re-read ``status`` until ``idle``, then read ``error``: (status, error text, timed out).
 
     First read at once (a fast device is already idle), then 1, 2, 4, 8, 16, 25, 25… ms, so
@@ -480,8 +459,8 @@ def _watch(
             else:
                 _LOG.debug("%s: %s", error_path, text or "(empty)")
                 return status, (text or None), False
-        now = clock()
+        now = timing.clock()
         if now >= deadline:
             return status, None, True
-        sleep(min(interval, deadline - now))
+        timing.sleep(min(interval, deadline - now))
         interval = min(interval * 2, MAX_POLL_INTERVAL)

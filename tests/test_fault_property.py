@@ -46,8 +46,8 @@ from hypothesis import strategies as st
 from tdxupdate.errors import TERMINATING_SIGNALS
 from tdxupdate.image import FORMAT_A, FORMAT_B
 from tdxupdate.imagebuild import convert
+from tdxupdate.kernel_errors import KNOWN_ERROR_TOKENS
 from tdxupdate.sim.session import SimHost
-from tdxupdate.uploader import KNOWN_ERROR_TOKENS
 
 pytestmark = pytest.mark.fuse
 

@@ -1,29 +1,21 @@
 """tdxupdate.fsio: the one OSError mapper and the one atomic writer.
 
-The mappers of fence, history, lock and metrics are built on :func:`fsio.os_error`; their
-messages are checked in their own tests. Here: the mapper's shape, that it can express the
-mappers still kept elsewhere (host, image) byte for byte, and the writer.
+The mappers of fence, history, lock, metrics, cache, host and sources.local are built on
+:func:`fsio.os_error`; their messages are checked in their own tests, and here for host and
+the image reader byte for byte. Here too: the mapper's shape, and the writer.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from tdxupdate import fsio, safedir
-from tdxupdate.errors import (
-    IOFailure,
-    NotFound,
-    PermissionDenied,
-    TdxError,
-    Unavailable,
-    from_oserror,
-)
+from tdxupdate import errors, fsio, safedir
+from tdxupdate.errors import IOFailure, PermissionDenied, TdxError
 
 
 def oserror(number: int) -> OSError:
@@ -45,13 +37,7 @@ def oserror(number: int) -> OSError:
 def test_common_cases(number: int, cls: type[TdxError], message: str) -> None:
     err = fsio.os_error(oserror(number), Path("/x"))
     assert (type(err), err.message) == (cls, message)
-    assert (
-        type(from_oserror(oserror(number), "/x")),
-        from_oserror(oserror(number), "/x").message,
-    ) == (
-        cls,
-        message,
-    )
+    assert not hasattr(errors, "from_oserror")  # one mapper, here
 
 
 def test_an_oserror_without_errno_uses_its_text() -> None:
@@ -72,42 +58,84 @@ def test_errno_name() -> None:
     assert fsio.errno_name(OSError("odd")) == "error"
 
 
-def _host_like(path: Path, exc: OSError, missing_code: str) -> TdxError:
-    """host._os_error expressed with fsio (the recipe for switching it), minus its P-SEAMLDR
-    wording, which host keeps as a case it computes from the path."""
-    from tdxupdate.hostfiles import error_for_code as _error
+# host and sources.local map their OSErrors through fsio.os_error with their own cases; the
+# messages below are the ones they always gave, byte for byte.
 
-    known = fsio.cases(
-        (fsio.DENIED, PermissionDenied, "permission denied: run as root"),
-        ((errno.ENOENT, errno.ENOTDIR), functools.partial(_error, missing_code), "does not exist"),
+_LOST = "the TDX module is lost; every TD is gone; reboot needed"
+_SEAMLDR_DENIED = (
+    "permission denied; the P-SEAMLDR attributes are readable by root only "
+    "(mode 0400 since kernel series v4): run as root"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "number", "code", "text"),
+    [
+        ("tdx_host/version", errno.EACCES, "permission-denied", "permission denied: run as root"),
+        ("tdx_host/version", errno.EPERM, "permission-denied", "permission denied: run as root"),
+        ("tdx_host/version", errno.ENOENT, "no-tdx-host", "does not exist"),
+        ("tdx_host/version", errno.ENOTDIR, "no-tdx-host", "does not exist"),
+        ("tdx_host/version", errno.EIO, "io-error", "read fails with EIO (Input/output error)"),
+        (
+            "tdx_host/version",
+            errno.ENXIO,
+            "io-error",
+            "read fails with ENXIO (No such device or address)",
+        ),
+        ("tdx_host/seamldr/version", errno.EACCES, "permission-denied", _SEAMLDR_DENIED),
+        ("tdx_host/num_remaining_updates", errno.EPERM, "permission-denied", _SEAMLDR_DENIED),
+        ("tdx_host/seamldr_version", errno.EACCES, "permission-denied", _SEAMLDR_DENIED),
+    ],
+)
+def test_host_read_errors(path: str, number: int, code: str, text: str) -> None:
+    from tdxupdate.host import _read_error
+
+    where = Path("/sys/devices/faux") / path
+    err = _read_error(where, oserror(number), "no-tdx-host")
+    assert (err.code, err.message) == (code, f"{where}: {text}")
+
+
+def test_host_read_error_without_errno() -> None:
+    from tdxupdate.host import _read_error
+
+    err = _read_error(Path("/x"), OSError("odd"), "io-error")
+    assert (type(err), err.code, err.message) == (
+        IOFailure,
+        "io-error",
+        "/x: read fails with error (odd)",
     )
-    return fsio.os_error(
-        exc, path, known, other=lambda e: f"read fails with {fsio.errno_name(e)} ({fsio.reason(e)})"
+
+
+def test_a_lost_module_is_a_case_of_the_version_file(tmp_path: Path) -> None:
+    from factories.sysroot import FaultySysroot
+
+    from tdxupdate.host import read_version_file
+
+    (tmp_path / "version").write_text("1.5.06\n")
+    sysroot = FaultySysroot(tmp_path).fail(tmp_path / "version", errno.ENXIO)
+    with pytest.raises(TdxError) as info:
+        read_version_file(tmp_path / "version", sysroot)
+    assert (info.value.code, info.value.exit_code) == ("version-unreadable", 69)
+    assert (
+        info.value.message == f"{tmp_path / 'version'}: reading version fails with ENXIO: {_LOST}"
     )
+    assert isinstance(info.value.__cause__, OSError)  # host.module_lost reads it
 
 
-@pytest.mark.parametrize("number", [errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.EIO])
-def test_fsio_can_express_host_os_error(number: int) -> None:
-    from tdxupdate.host import _os_error
+@pytest.mark.parametrize(
+    ("number", "code", "text"),
+    [
+        (errno.EACCES, "permission-denied", "permission denied (run as root)"),
+        (errno.ENOENT, "image-not-found", "no such image"),
+        (errno.EIO, "io-error", "Input/output error"),
+        (errno.EISDIR, "io-error", "Is a directory"),
+    ],
+)
+def test_image_open_errors(tmp_path: Path, number: int, code: str, text: str) -> None:
+    from tdxupdate.sources import local
 
-    path = Path("/sys/firmware/tdx/tdx_module/version")
-    want = _os_error(path, oserror(number), "no-tdx-host")
-    got = _host_like(path, oserror(number), "no-tdx-host")
-    assert (type(got), got.code, got.message) == (type(want), want.code, want.message)
-    if number == errno.ENOENT:
-        assert isinstance(got, Unavailable)
-
-
-@pytest.mark.parametrize("number", [errno.EACCES, errno.ENOENT, errno.EIO])
-def test_fsio_can_express_image_open_error(number: int) -> None:
-    from tdxupdate.sources.local import _open_error
-
-    missing = functools.partial(NotFound, code="image-not-found")
-    known = {**fsio.COMMON, **fsio.cases((fsio.MISSING, missing, "no such image"))}
-    want = _open_error(oserror(number), Path("/r/a.bin"))
-    got = fsio.os_error(oserror(number), Path("/r/a.bin"), known)
-    assert isinstance(want, TdxError)
-    assert (type(got), got.code, got.message) == (type(want), want.code, want.message)
+    err = fsio.os_error(oserror(number), Path("/r/a.bin"), local._IMAGE_CASES)
+    assert (err.code, err.message) == (code, f"/r/a.bin: {text}")
 
 
 # --- write_atomically --------------------------------------------------------------------

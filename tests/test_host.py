@@ -31,12 +31,9 @@ from hypothesis import strategies as st
 import tdxupdate
 from tdxupdate import host
 from tdxupdate.errors import EXIT_CODES, TdxError, UsageError
-from tdxupdate.host import (
-    CHECK_NAMES,
-    Sysroot,
-    discover,
-    read_version_file,
-)
+from tdxupdate.host import discover, read_version_file
+from tdxupdate.preflight import CHECK_NAMES, HostCheck
+from tdxupdate.sysroot import Sysroot
 from tdxupdate.versions import Version
 
 REPO = Path(tdxupdate.__file__).resolve().parent.parent
@@ -110,7 +107,7 @@ def test_discover_no_upload_interface_names_the_likely_causes(tmp_path: Path) ->
         "likely causes: the running TDX module does not support TD-preserving updates "
         "(TDX_FEATURES0 bit 1), or the kernel predates runtime TDX module updates"
     )
-    assert facts.check("upload-idle") == host.HostCheck(
+    assert facts.check("upload-idle") == HostCheck(
         "upload-idle", False, "not checked: no upload interface", "no-upload-interface"
     )
     assert facts.upload_status is None
@@ -440,7 +437,7 @@ def test_discover_cpu_signature_argument_overrides_cpuinfo(tmp_path: Path) -> No
     root = build_host_tree(tmp_path / "host", vendor="AuthenticAMD")
     facts = discover(Sysroot(root), cpu_signature=0xA06D1)
     assert facts.cpu_signature == 0xA06D1
-    assert facts.check("cpu-signature") == host.HostCheck(
+    assert facts.check("cpu-signature") == HostCheck(
         "cpu-signature", True, "0xa06d1 (given; /proc/cpuinfo not used)", None
     )
     assert "cpu_signature" not in facts.problems
@@ -562,3 +559,12 @@ def test_discover_random_bytes_in_sysfs_files_never_raise(
         assert (getattr(facts, fact) is None) == (fact in facts.problems), fact
     assert all(isinstance(e, TdxError) for e in facts.problems.values())
     assert facts.tdx_host is True
+
+
+def test_host_is_a_door_to_its_own_names_only() -> None:
+    """Names that moved to kernels, hostfiles, preflight, sysroot and fwupload are imported from
+    there: host neither lists them in ``__all__`` nor serves them to anyone."""
+    from factories.doors import borrowed_imports, own_names
+
+    assert set(host.__all__) <= own_names("tdxupdate.host")
+    assert borrowed_imports("tdxupdate.host") == []

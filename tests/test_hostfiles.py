@@ -13,7 +13,7 @@ from factories.hosts import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tdxupdate.host import (
+from tdxupdate.hostfiles import (
     cpu_signature_from_cpuinfo,
     format_cpu_list,
     format_cpu_signature,

@@ -15,13 +15,11 @@ from factories.hosts import (
     host_facts,
 )
 
-from tdxupdate import host, kernels
+from tdxupdate import kernels
 from tdxupdate.errors import UsageError
-from tdxupdate.host import (
-    CHECK_NAMES,
-    Sysroot,
-    discover,
-)
+from tdxupdate.host import discover
+from tdxupdate.preflight import CHECK_NAMES, HostCheck
+from tdxupdate.sysroot import Sysroot
 from tdxupdate.versions import Version
 
 T = "/sys/devices/faux/tdx_host"
@@ -153,7 +151,7 @@ def test_discover_missing_tdx_host_is_no_tdx_host(tmp_path: Path) -> None:
         "seamldr-version",
     )
     for name in dependent:
-        assert facts.check(name) == host.HostCheck(
+        assert facts.check(name) == HostCheck(
             name, False, "not checked: no tdx_host device", "no-tdx-host"
         )
     # The CPU checks do not need the device.

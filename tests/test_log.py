@@ -12,6 +12,8 @@ from typing import Any, TextIO
 import pytest
 
 from tdxupdate import log
+from tdxupdate.errors import TdxError
+from tdxupdate.report import CandidateDoc, HostDoc, Report, UpdateDoc
 
 
 @pytest.fixture(autouse=True)
@@ -211,14 +213,22 @@ def test_no_colour_in_the_journal_even_on_a_terminal() -> None:
 # --- the update summary line ----------------------------------------------------------------
 
 
-def update_doc(**extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schema_version": 1,
-        "action": "update",
-        "ok": True,
-        "error": None,
-        "warnings": [],
-        "host": {"module_version": "1.5.06"},
+def host_doc(module_version: str) -> HostDoc:
+    return HostDoc(
+        module_version, None, None, None, None, None, None, None, None, None,
+        checks=[], module_lost=False,
+    )  # fmt: skip
+
+
+def update_doc(**extra: Any) -> Report:
+    """An ``--update`` report: ``host`` and ``error`` are the report's, the rest its
+    :class:`UpdateDoc`."""
+    report = Report(
+        "update",
+        host=extra.pop("host", host_doc("1.5.06")),
+        error=extra.pop("error", None),
+    )
+    keys: dict[str, Any] = {
         "from_version": "1.5.06",
         "to_version": "1.5.24",
         "dry_run": False,
@@ -226,8 +236,13 @@ def update_doc(**extra: Any) -> dict[str, Any]:
         "kernel_error": None,
         "fatal": False,
     }
-    doc.update(extra)
-    return doc
+    keys.update(extra)
+    report.update = UpdateDoc(**keys)
+    return report
+
+
+def refused(code: str, version: str) -> CandidateDoc:
+    return CandidateDoc(version, False, [code], [], None, None, None, None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -247,33 +262,26 @@ def update_doc(**extra: Any) -> dict[str, Any]:
         ),
         (
             update_doc(
-                ok=False,
-                error={"code": "device-busy", "message": "…", "exit_code": 75},
+                error=TdxError("…", code="device-busy"),
                 kernel_error="transferring:device-busy",
             ),
             "update: from=1.5.06 to=1.5.24 result=device-busy exit_code=75 "
             "kernel_error=transferring:device-busy",
         ),
         (
-            {
-                "action": "update",
-                "ok": False,
-                "error": {"code": "locked", "message": "…", "exit_code": 75},
-                "warnings": [],
-            },
+            Report("update", error=TdxError("…", code="locked")),
             "update: from=unknown to=unknown result=locked exit_code=75",
         ),
         (
             update_doc(
                 to_version=None,
-                selected={"version": "1.5.25", "eligible": False},
-                ok=False,
-                error={"code": "not-eligible", "message": "…", "exit_code": 65},
+                selected=refused("not-eligible", "1.5.25"),
+                error=TdxError("…", code="not-eligible"),
             ),
             "update: from=1.5.06 to=1.5.25 result=not-eligible exit_code=65",
         ),
         (
-            update_doc(from_version=None, host={"module_version": "1.5.10"}),
+            update_doc(from_version=None, host=host_doc("1.5.10")),
             "update: from=1.5.10 to=1.5.24 result=nothing-to-do exit_code=0",
         ),
     ],
@@ -287,7 +295,7 @@ def update_doc(**extra: Any) -> dict[str, Any]:
         "from-host",
     ],
 )
-def test_update_summary(doc: dict[str, Any], line: str) -> None:
+def test_update_summary(doc: Report, line: str) -> None:
     assert log.update_summary(doc) == line
 
 

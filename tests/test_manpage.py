@@ -16,9 +16,10 @@ import click
 import pytest
 
 from tdxupdate import __version__, config, imagecheck, metrics, policy
-from tdxupdate import host as _host
+from tdxupdate import preflight as _preflight
 from tdxupdate.cli_options import command
 from tdxupdate.errors import EXIT_CODES
+from tdxupdate.report import CandidateDoc, HostDoc, Report, UpdateDoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGE = REPO_ROOT / "man" / "tdxupdate.8"
@@ -181,7 +182,7 @@ def test_every_reason_token_is_documented() -> None:
 
 def test_every_check_name_is_documented() -> None:
     json_section = section("JSON OUTPUT")
-    assert [c for c in _host.CHECK_NAMES if roff(c) not in json_section] == []
+    assert [c for c in _preflight.CHECK_NAMES if roff(c) not in json_section] == []
     verify = section("ACTIONS")
     assert [c for c in imagecheck.CHECK_NAMES if roff(c) not in verify] == []
 
@@ -201,22 +202,13 @@ def test_every_environment_variable_is_documented() -> None:
 
 
 def all_metric_names() -> set[str]:
-    doc = {
-        "action": "update",
-        "error": None,
-        "warnings": [],
-        "host": {
-            "module_version": "1.5.06",
-            "seamldr_version": "1.5.02",
-            "num_remaining_updates": 3,
-        },
-        "candidates": [{"version": "1.5.24", "eligible": True}],
-        "dry_run": True,
-        "changed": False,
-        "to_version": "1.5.24",
-        "kernel_error": None,
-        "fatal": False,
-    }
+    host = HostDoc(
+        "1.5.06", "1.5.02", 3, None, None, None, None, None, None, None,
+        checks=[], module_lost=False,
+    )  # fmt: skip
+    candidate = CandidateDoc("1.5.24", True, [], [], None, None, None, None, None, None)
+    doc = Report("update", host=host, candidates=[candidate])
+    doc.update = UpdateDoc(dry_run=True, to_version="1.5.24")
     text = metrics.render_textfile(doc, duration_s=1.0, now=0.0)
     return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
 

@@ -13,45 +13,55 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tdxupdate import metrics, safedir
 from tdxupdate.errors import TdxError
+from tdxupdate.report import CandidateDoc, HostDoc, Report, UpdateDoc
 
 NOW = 1_764_129_600.5
 
 
-def host(**extra: Any) -> dict[str, Any]:
+def host(**extra: Any) -> HostDoc:
     h: dict[str, Any] = {
         "module_version": "1.5.06",
         "seamldr_version": "1.5.02",
         "num_remaining_updates": 3,
         "cpu_signature": "0x806f8",
         "sysfs_layout": "flat",
+        "upload_dir": None,
+        "image_format": None,
+        "image_format_fallback": None,
+        "generation": None,
+        "kernel_release": None,
         "checks": [],
+        "module_lost": False,
     }
     h.update(extra)
-    return h
+    return HostDoc(**h)
 
 
-def candidate(version: str, eligible: bool) -> dict[str, Any]:
-    return {"version": version, "eligible": eligible, "reasons": [] if eligible else ["x"]}
+def candidate(version: str, eligible: bool) -> CandidateDoc:
+    reasons = [] if eligible else ["x"]
+    return CandidateDoc(version, eligible, reasons, [], None, None, None, None, None, None)
 
 
-def doc(action: str, **extra: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "schema_version": 1,
-        "action": action,
-        "ok": True,
-        "error": None,
-        "warnings": [],
-        "tool_version": "0.1.0",
-    }
-    d.update(extra)
-    return d
+def doc(action: str, **extra: Any) -> Report:
+    """The report of one run: ``host``, ``candidates``, ``warnings`` and ``error`` are the
+    report's; any other key is one of the ``--update`` keys (:class:`UpdateDoc`)."""
+    report = Report(
+        action,
+        host=extra.pop("host", None),
+        candidates=extra.pop("candidates", None),
+        warnings=list(extra.pop("warnings", [])),
+        error=extra.pop("error", None),
+    )
+    if extra:
+        report.update = UpdateDoc(**extra)
+    return report
 
 
 #: the SEAMSVN and MRSEAM labels of a module whose values the document does not carry
 UNKNOWN = {"seamsvn": "unknown", "mrseam": "unknown"}
 
 
-def update_doc(**extra: Any) -> dict[str, Any]:
+def update_doc(**extra: Any) -> Report:
     base: dict[str, Any] = {
         "host": host(),
         "candidates": [
@@ -73,7 +83,9 @@ def update_doc(**extra: Any) -> dict[str, Any]:
 
 
 def failed(code: str, exit_code: int) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": "…", "exit_code": exit_code}}
+    error = TdxError("…", code=code)
+    assert error.exit_code == exit_code
+    return {"error": error}
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -89,7 +101,7 @@ def parse(text: str) -> Samples:
     return out
 
 
-def render(d: dict[str, Any], duration: float = 2.25) -> Samples:
+def render(d: Report, duration: float = 2.25) -> Samples:
     return parse(metrics.render_textfile(d, duration_s=duration, now=NOW))
 
 
@@ -187,7 +199,8 @@ def test_status_reports_the_host_but_not_availability() -> None:
     assert m["tdxupdate_module_info"] == [({"version": "1.5.06", **UNKNOWN}, 1.0)]
     assert value(m, "remaining_updates") == 3
     assert "tdxupdate_update_available" not in m
-    assert "tdxupdate_module_lost" not in m
+    # A state of the host, known whenever the host was read (every host document has it).
+    assert value(m, "module_lost") == 0
     assert m["tdxupdate_last_result"] == [({"action": "status", "result": "ok"}, 1.0)]
 
 
@@ -251,7 +264,7 @@ def test_help_and_type_precede_every_family() -> None:
         "verify-failed",
     ],
 )
-def test_result_of(d: dict[str, Any], result: str) -> None:
+def test_result_of(d: Report, result: str) -> None:
     assert metrics.result_of(d) == result
 
 

@@ -35,7 +35,7 @@ def test_discover_busy_status_is_upload_busy(tmp_path: Path) -> None:
 def test_discover_remaining_zero_fails_with_no_remaining_updates(tmp_path: Path) -> None:
     _, facts = host_facts(tmp_path, remaining=0)
     assert facts.num_remaining_updates == 0
-    assert facts.check("remaining-updates") == host.HostCheck(
+    assert facts.check("remaining-updates") == preflight.HostCheck(
         "remaining-updates",
         False,
         "num_remaining_updates is 0: no update possible until reboot",
@@ -60,7 +60,7 @@ def test_discover_remaining_zero_fails_with_no_remaining_updates(tmp_path: Path)
 )
 def test_discover_offline_cpus_fail(tmp_path: Path, online: str, present: str, detail: str) -> None:
     _, facts = host_facts(tmp_path, online=online, present=present)
-    assert facts.check("cpus-online") == host.HostCheck(
+    assert facts.check("cpus-online") == preflight.HostCheck(
         "cpus-online", False, detail, "cpus-offline"
     )
     assert EXIT_CODES["cpus-offline"] == 75
@@ -68,7 +68,7 @@ def test_discover_offline_cpus_fail(tmp_path: Path, online: str, present: str, d
 
 def test_discover_cpu_lists_compare_as_sets(tmp_path: Path) -> None:
     _, facts = host_facts(tmp_path, online="0,1,2,3", present="0-3")
-    assert facts.check("cpus-online") == host.HostCheck(
+    assert facts.check("cpus-online") == preflight.HostCheck(
         "cpus-online", True, "all 4 present CPUs are online (0-3)", None
     )
 
@@ -86,7 +86,7 @@ def test_discover_online_cpu_not_present_is_inconsistent(tmp_path: Path) -> None
 def test_discover_erratum_in_bugs_fails_the_erratum_check(tmp_path: Path) -> None:
     root, facts = host_facts(tmp_path, bugs="seamret_invd_vmcs")
     assert facts.erratum_seamret_invd_vmcs is True
-    assert facts.check("erratum-seamret-invd-vmcs") == host.HostCheck(
+    assert facts.check("erratum-seamret-invd-vmcs") == preflight.HostCheck(
         "erratum-seamret-invd-vmcs",
         False,
         f"{root}/proc/cpuinfo: the bugs line lists seamret_invd_vmcs: this CPU cannot update "
@@ -111,7 +111,7 @@ def test_host_facts_check_unknown_name_raises_key_error(tmp_path: Path) -> None:
 
 
 def test_the_orders_name_every_check_once() -> None:
-    assert host.CHECK_NAMES is preflight.REPORT_ORDER
+    assert preflight.CHECK_NAMES is preflight.REPORT_ORDER
     assert len(set(preflight.REPORT_ORDER)) == len(preflight.REPORT_ORDER) == 9
     assert set(preflight.UPDATE_ORDER) <= set(preflight.REPORT_ORDER)
     assert "erratum-seamret-invd-vmcs" not in preflight.UPDATE_ORDER

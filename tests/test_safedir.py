@@ -23,6 +23,7 @@ from factories.images import mapping_document, trusted_signers
 from tdxupdate import history, lock, metrics
 from tdxupdate.cli import main
 from tdxupdate.errors import PermissionDenied
+from tdxupdate.report import Report
 from tdxupdate.schemas import load_schema
 from tdxupdate.sources.cache import Cache, Entry
 
@@ -189,7 +190,7 @@ def test_the_metrics_dir_may_not_be_writable_by_others(tmp_path: Path) -> None:
     os.chmod(textfiles, 0o777)
     target = textfiles / "tdxupdate.prom"
     with pytest.raises(PermissionDenied) as info:
-        metrics.write_textfile(target, {"action": "status"}, duration_s=0.1, now=1.0)
+        metrics.write_textfile(target, Report("status"), duration_s=0.1, now=1.0)
     assert info.value.message.startswith(
         f"{textfiles}: refusing the metrics directory: it is writable by group or others"
     )
@@ -201,7 +202,7 @@ def test_the_metrics_dir_may_belong_to_the_exporter(tmp_path: Path) -> None:
     textfiles = tmp_path / "node-exporter"
     textfiles.mkdir(mode=0o755)
     os.chown(textfiles, OTHER_UID, OTHER_UID)  # Debian's belongs to "prometheus"
-    metrics.write_textfile(textfiles / "t.prom", {"action": "status"}, duration_s=0.1, now=1.0)
+    metrics.write_textfile(textfiles / "t.prom", Report("status"), duration_s=0.1, now=1.0)
     assert "tdxupdate_last_exit_code 0" in (textfiles / "t.prom").read_text()
 
 
@@ -264,7 +265,7 @@ def test_a_metrics_symlink_is_replaced_not_written_through(tmp_path: Path, victi
     target = tmp_path / "textfiles" / "tdxupdate.prom"
     target.parent.mkdir()
     target.symlink_to(victim)
-    metrics.write_textfile(target, {"action": "status"}, duration_s=0.1, now=1.0)
+    metrics.write_textfile(target, Report("status"), duration_s=0.1, now=1.0)
     assert not target.is_symlink()
     assert "tdxupdate_last_result" in target.read_text()
     assert victim.read_bytes() == b"precious\n"

@@ -43,9 +43,9 @@ from factories.sim import mount_sim
 from tdxupdate import __version__, history
 from tdxupdate.image import FORMAT_A, FORMAT_B
 from tdxupdate.imagebuild import convert
+from tdxupdate.kernel_errors import KNOWN_ERROR_TOKENS
 from tdxupdate.sim.session import SimHost
 from tdxupdate.sysroot import Sysroot
-from tdxupdate.uploader import KNOWN_ERROR_TOKENS
 
 pytestmark = pytest.mark.fuse
 

@@ -23,7 +23,9 @@ Checks per series (the order is the kernel's where known; the first failure is r
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from tdxupdate.image import checksum16
 
@@ -58,62 +60,97 @@ def parse_for_kernel(series: str, image: bytes) -> KernelImage:
     return _format_a(series, image)
 
 
+@dataclass(frozen=True)
+class _HeaderA:
+    """The Format A header fields the kernel reads, and the sizes they imply."""
+
+    size: int
+    version: int
+    offset: int
+    magic: bytes
+    length: int
+    reserved_ok: bool
+
+    @classmethod
+    def read(cls, image: bytes) -> _HeaderA:
+        size = len(image)
+        if size < PAGE:
+            raise ImageRejected(f"image is {size} bytes, smaller than the 4096-byte header")
+        version, _checksum, offset = struct.unpack_from("<HHI", image, 0)
+        length, reserved0 = struct.unpack_from("<II", image, 16)
+        reserved_ok = reserved0 == 0 and not any(image[0x18:PAGE])
+        return cls(size, version, offset, image[8:16], length, reserved_ok)
+
+    @property
+    def sig_size(self) -> int:
+        return self.offset - PAGE
+
+    @property
+    def module_size(self) -> int:
+        return self.size - self.offset
+
+
 def _format_a(series: str, image: bytes) -> KernelImage:
-    size = len(image)
-    if size < PAGE:
-        raise ImageRejected(f"image is {size} bytes, smaller than the 4096-byte header")
-    version, _checksum, offset = struct.unpack_from("<HHI", image, 0)
-    magic = image[8:16]
-    length, reserved0 = struct.unpack_from("<II", image, 16)
-    reserved_ok = reserved0 == 0 and not any(image[0x18:PAGE])
-    sig_size = offset - PAGE
-    module_size = size - offset
-
+    h = _HeaderA.read(image)
     if series == "v8":
-        if size <= PAGE:
-            raise ImageRejected("image is not larger than its header")
-        if magic != MAGIC:
-            raise ImageRejected(f"signature at offset 8 is {magic!r}, not TDX-BLOB")
-        if not PAGE < offset < size or offset % PAGE:
-            raise ImageRejected(f"offset_of_module {offset:#x} is out of range or unaligned")
-        if version != 0x100:
-            raise ImageRejected(f"version {version:#x} is not 0x100")
-        if not reserved_ok:
-            raise ImageRejected("reserved header bytes are not zero")
-        sig_pages = min(sig_size // PAGE, MAX_SIG_PAGES_A)
-        mod_pages = min(module_size // PAGE, MAX_MODULE_PAGES)
-        return KernelImage(
-            0x100, image[PAGE : PAGE + sig_pages * PAGE], image[offset : offset + mod_pages * PAGE]
-        )
+        return _format_a_v8(h, image)
+    problem = next(chain(_layout_problems(series, h), _content_problems(series, h, image)), None)
+    if problem is not None:
+        raise ImageRejected(problem)
+    return KernelImage(0x100, image[PAGE : h.offset], image[h.offset : h.size])
 
-    aligned = series in ("v1", "v2", "v3", "v4", "v7")
-    if series == "v7" and (size <= PAGE or size <= offset):
-        raise ImageRejected(f"image size {size} is not larger than the header and offset")
-    if version != 0x100:
-        raise ImageRejected(f"version {version:#x} is not 0x100")
-    if not reserved_ok:
+
+def _format_a_v8(h: _HeaderA, image: bytes) -> KernelImage:
+    """v8 checks less and in its own order, and rounds the page counts down."""
+    if h.size <= PAGE:
+        raise ImageRejected("image is not larger than its header")
+    if h.magic != MAGIC:
+        raise ImageRejected(f"signature at offset 8 is {h.magic!r}, not TDX-BLOB")
+    if not PAGE < h.offset < h.size or h.offset % PAGE:
+        raise ImageRejected(f"offset_of_module {h.offset:#x} is out of range or unaligned")
+    if h.version != 0x100:
+        raise ImageRejected(f"version {h.version:#x} is not 0x100")
+    if not h.reserved_ok:
         raise ImageRejected("reserved header bytes are not zero")
+    sig_pages = min(h.sig_size // PAGE, MAX_SIG_PAGES_A)
+    mod_pages = min(h.module_size // PAGE, MAX_MODULE_PAGES)
+    return KernelImage(
+        0x100, image[PAGE : PAGE + sig_pages * PAGE], image[h.offset : h.offset + mod_pages * PAGE]
+    )
+
+
+def _layout_problems(series: str, h: _HeaderA) -> Iterator[str]:
+    """v1–v7, in the kernel's order: the sizes, the version, the reserved fields."""
+    if series == "v7" and (h.size <= PAGE or h.size <= h.offset):
+        yield f"image size {h.size} is not larger than the header and offset"
+    if h.version != 0x100:
+        yield f"version {h.version:#x} is not 0x100"
+    if not h.reserved_ok:
+        yield "reserved header bytes are not zero"
     if series != "v7":
-        if sig_size <= 0:
-            raise ImageRejected(f"offset_of_module {offset:#x} leaves no room for a sigstruct")
-        if module_size <= 0:
-            raise ImageRejected(f"offset_of_module {offset:#x} leaves no module")
-    if length != size:
-        raise ImageRejected(f"length field {length} is not the image size {size}")
-    if magic != MAGIC:
-        raise ImageRejected(f"signature at offset 8 is {magic!r}, not TDX-BLOB")
+        if h.sig_size <= 0:
+            yield f"offset_of_module {h.offset:#x} leaves no room for a sigstruct"
+        if h.module_size <= 0:
+            yield f"offset_of_module {h.offset:#x} leaves no module"
+
+
+def _content_problems(series: str, h: _HeaderA, image: bytes) -> Iterator[str]:
+    """v1–v7, after the layout: length, magic, checksum, alignment, page counts."""
+    if h.length != h.size:
+        yield f"length field {h.length} is not the image size {h.size}"
+    if h.magic != MAGIC:
+        yield f"signature at offset 8 is {h.magic!r}, not TDX-BLOB"
     if series in ("v1", "v2", "v3") and checksum16(image) != 0:
-        raise ImageRejected(f"16-bit checksum is {checksum16(image):#06x}, not 0")
-    if aligned and (offset % PAGE or size % PAGE):
-        raise ImageRejected("offset or size is not 4 KiB aligned")
-    if _pages(module_size) > MAX_MODULE_PAGES:
-        raise ImageRejected(f"module has {_pages(module_size)} pages, more than 496")
+        yield f"16-bit checksum is {checksum16(image):#06x}, not 0"
+    if series in ("v1", "v2", "v3", "v4", "v7") and (h.offset % PAGE or h.size % PAGE):
+        yield "offset or size is not 4 KiB aligned"
+    if _pages(h.module_size) > MAX_MODULE_PAGES:
+        yield f"module has {_pages(h.module_size)} pages, more than 496"
     if series in ("v1", "v2"):
-        if sig_size != PAGE:
-            raise ImageRejected(f"sigstruct area is {sig_size} bytes; this kernel wants 4096")
-    elif _pages(sig_size) > MAX_SIG_PAGES_A:
-        raise ImageRejected(f"sigstruct area has {_pages(sig_size)} pages, more than 4")
-    return KernelImage(0x100, image[PAGE:offset], image[offset:size])
+        if h.sig_size != PAGE:
+            yield f"sigstruct area is {h.sig_size} bytes; this kernel wants 4096"
+    elif _pages(h.sig_size) > MAX_SIG_PAGES_A:
+        yield f"sigstruct area has {_pages(h.sig_size)} pages, more than 4"
 
 
 def _format_b(image: bytes) -> KernelImage:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdxupdate.host import format_cpu_list
+from tdxupdate.hostfiles import format_cpu_list
 from tdxupdate.imagecheck import INTEL_PRODUCTION_SIGNER
 from tdxupdate.sim.faults import parse_fault
 from tdxupdate.versions import Version
@@ -230,48 +230,15 @@ class SimConfig:
     def _validated(cls, kw: dict[str, Any]) -> SimConfig:
         out: dict[str, Any] = {}
         for key, value in kw.items():
-            if key == "kernel":
-                out["kernel"] = resolve_series(str(value))
-            elif key in ("module", "seamldr"):
-                out[key] = _version(value, key)
-            elif key == "cpu":
-                out["cpu"] = parse_cpu_signature(value)
-            elif key == "remaining":
-                if isinstance(value, bool) or not isinstance(value, int | str):
-                    raise ValueError(f"remaining: {value!r} is not a number")
-                number = int(value)
-                if not 0 <= number <= 0xFFFFFFFF:
-                    raise ValueError(f"remaining: {value!r} is out of range")
-                out["remaining"] = number
-            elif key in ("present", "online", "cpus"):
-                cpus = value if value is None else _cpus(value, key)
-                out["present" if key == "cpus" else key] = cpus
-            elif key == "trusted_signers":
-                items = [value] if isinstance(value, str) else list(value)
-                out["trusted_signers"] = frozenset(_fingerprint(v) for v in items)
-            elif key == "mapping":
-                out["mapping"] = None if value is None else Path(value)
-            elif key in ("faults", "fault"):
-                items = [value] if isinstance(value, str) else list(value)
-                for spec in items:
-                    parse_fault(spec)  # ValueError early, naming the bad spec
-                out["faults"] = (*out.get("faults", ()), *items)
-            elif key == "durations":
-                base = value if isinstance(value, StageDurations) else None
-                out["durations"] = base or StageDurations().replace(dict(value))
-            elif key == "tdx_features":
-                out[key] = None if value is None else _int(value, key)
-            elif key in ("erratum", "tdx_host", "debug_platform"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{key}: expected true or false, got {value!r}")
-                out[key] = value
-            elif key in ("osrelease", "vendor"):
-                out[key] = value if value is None else str(value).strip()
-            elif key == "idle_lag_ms":
-                out[key] = float(value)
-            else:
+            setting = _SETTINGS.get(key)
+            if setting is None:
                 known = sorted(f.name for f in dataclasses.fields(cls))
                 raise ValueError(f"unknown emulator setting {key!r}; known: {', '.join(known)}")
+            name, convert = setting
+            converted = convert(value, key)
+            if name == "faults":  # "fault" adds to "faults"
+                converted = (*out.get("faults", ()), *converted)
+            out[name] = converted
         config = cls(**out)
         if config.online is not None and not config.online <= config.present:
             raise ValueError(
@@ -327,3 +294,89 @@ def _int(value: Any, what: str) -> int:
         return int(str(value), 0)
     except ValueError:
         raise ValueError(f"{what}: {value!r} is not a number") from None
+
+
+def _series(value: Any, what: str) -> str:
+    return resolve_series(str(value))
+
+
+def _signature(value: Any, what: str) -> int:
+    return parse_cpu_signature(value)
+
+
+def _remaining(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"remaining: {value!r} is not a number")
+    number = int(value)
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise ValueError(f"remaining: {value!r} is out of range")
+    return number
+
+
+def _cpus_or_none(value: Any, what: str) -> frozenset[int] | None:
+    return value if value is None else _cpus(value, what)
+
+
+def _signers(value: Any, what: str) -> frozenset[str]:
+    items = [value] if isinstance(value, str) else list(value)
+    return frozenset(_fingerprint(v) for v in items)
+
+
+def _path_or_none(value: Any, what: str) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _fault_specs(value: Any, what: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    for spec in items:
+        parse_fault(spec)  # ValueError early, naming the bad spec
+    return tuple(items)
+
+
+def _durations(value: Any, what: str) -> StageDurations:
+    base = value if isinstance(value, StageDurations) else None
+    return base or StageDurations().replace(dict(value))
+
+
+def _int_or_none(value: Any, what: str) -> int | None:
+    return None if value is None else _int(value, what)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
+def _text_or_none(value: Any, what: str) -> str | None:
+    return value if value is None else str(value).strip()
+
+
+def _float(value: Any, what: str) -> float:
+    return float(value)
+
+
+#: setting -> (the field it sets, how its value is checked and converted); ValueError names
+#: the setting
+_SETTINGS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "kernel": ("kernel", _series),
+    "module": ("module", _version),
+    "seamldr": ("seamldr", _version),
+    "cpu": ("cpu", _signature),
+    "remaining": ("remaining", _remaining),
+    "present": ("present", _cpus_or_none),
+    "online": ("online", _cpus_or_none),
+    "cpus": ("present", _cpus_or_none),
+    "trusted_signers": ("trusted_signers", _signers),
+    "mapping": ("mapping", _path_or_none),
+    "faults": ("faults", _fault_specs),
+    "fault": ("faults", _fault_specs),
+    "durations": ("durations", _durations),
+    "tdx_features": ("tdx_features", _int_or_none),
+    "erratum": ("erratum", _flag),
+    "tdx_host": ("tdx_host", _flag),
+    "debug_platform": ("debug_platform", _flag),
+    "osrelease": ("osrelease", _text_or_none),
+    "vendor": ("vendor", _text_or_none),
+    "idle_lag_ms": ("idle_lag_ms", _float),
+}

@@ -86,109 +86,166 @@ def _nonneg_int(value: Any, key: str) -> int:
     return value
 
 
+#: What one key of a command does: validate ``value`` (the rest of the command at hand) and
+#: return the change to make, or None when there is nothing to do. Nothing is changed here.
+Action = Callable[[], None]
+_Parse = Callable[["SimKernel", Mapping[str, Any], Any, str], "Action | None"]
+
+
+def _fault(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    try:
+        fault = parse_fault(value)
+    except ValueError as exc:
+        raise ValueError(f"control {exc}") from None
+    times = command.get("times")
+    if times is not None:
+        times = _nonneg_int(times, "times")
+        if times == 0 or fault.kind not in UPLOAD_KINDS:
+            raise ValueError("control times: needs N >= 1 and an upload fault")
+    return partial(k.add_fault, fault, times)
+
+
+def _td_build(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    name = command["name"]
+    if value not in ("start", "finish") or not isinstance(name, str) or not name:
+        raise ValueError(
+            f'control td_build: expected "start" or "finish" and a name, got {value!r}, {name!r}'
+        )
+    if (value == "start") == (name in k.td_builds):
+        state = "is already" if value == "start" else "is not"
+        raise ValueError(f"control td_build: TD {name!r} {state} being built")
+    return partial(k.td_build, value, name)
+
+
+def _clear_faults(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action | None:
+    return k.clear_faults if _bool(value, key) else None
+
+
+def _unhang(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action | None:
+    def release() -> None:
+        k.unhang_pending += 1
+
+    return release if _bool(value, key) else None
+
+
+def _cpus(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    try:
+        cpus = parse_cpu_list(str(value))
+    except ValueError as exc:
+        raise ValueError(f"control {key}: {exc}") from None
+    return partial(setattr, k, key, cpus)
+
+
+def _remaining(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    return partial(setattr, k, "remaining", _nonneg_int(value, key))
+
+
+def _module(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    return partial(k.set_module, _version(value, key))
+
+
+def _seamldr(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    return partial(setattr, k, "seamldr_version", _version(value, key))
+
+
+def _cpu(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    try:
+        sig = parse_cpu_signature(value)
+    except ValueError as exc:
+        raise ValueError(f"control cpu: {exc}") from None
+    return partial(setattr, k, "cpu", sig)
+
+
+def _tdx_features(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    try:
+        features = int(str(value), 0)
+    except ValueError:
+        raise ValueError(f"control tdx_features: {value!r} is not a number") from None
+    return partial(setattr, k, "tdx_features", features)
+
+
+def _durations(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    if not isinstance(value, dict):
+        raise ValueError("control durations: expected an object of stage -> ms")
+    try:
+        durations = k.durations.replace(value)
+    except ValueError as exc:
+        raise ValueError(f"control {exc}") from None
+    return partial(setattr, k, "durations", durations)
+
+
+def _idle_lag(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"control idle_lag_ms: expected ms >= 0, got {value!r}")
+    return partial(setattr, k, "idle_lag_ms", float(value))
+
+
+def _trusted_signers(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("control trusted_signers: expected a list of fingerprints")
+    signers = frozenset(v.strip().lower() for v in value)
+    return partial(setattr, k.seamldr, "trusted_signers", signers)
+
+
+def _debug_platform(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action:
+    return partial(setattr, k.seamldr, "debug_platform", _bool(value, key))
+
+
+def _when_idle(action: Callable[[SimKernel], Action]) -> _Parse:
+    """``reset`` and ``reboot``: refused while an upload is in progress."""
+
+    def parse(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> Action | None:
+        if not _bool(value, key):
+            return None
+        if k.fw is not None and k.fw.progress != "idle":
+            raise ValueError(f"control {key}: an upload is in progress")
+        return action(k)
+
+    return parse
+
+
+def _modifier(k: SimKernel, command: Mapping[str, Any], value: Any, key: str) -> None:
+    """``times`` and ``name`` qualify ``fault`` and ``td_build``; they do nothing alone."""
+    return None
+
+
+#: key -> how it is validated and what it changes (the table of the module docstring)
+COMMANDS: dict[str, _Parse] = {
+    "fault": _fault,
+    "times": _modifier,
+    "name": _modifier,
+    "td_build": _td_build,
+    "clear_faults": _clear_faults,
+    "unhang": _unhang,
+    "online": _cpus,
+    "present": _cpus,
+    "remaining": _remaining,
+    "module": _module,
+    "seamldr": _seamldr,
+    "cpu": _cpu,
+    "tdx_features": _tdx_features,
+    "durations": _durations,
+    "idle_lag_ms": _idle_lag,
+    "trusted_signers": _trusted_signers,
+    "debug_platform": _debug_platform,
+    "reset": _when_idle(lambda k: k.reset),
+    "reboot": _when_idle(lambda k: k.reboot),
+}
+
+
 def apply_command(k: SimKernel, command: Mapping[str, Any]) -> None:
     """Validate ``command`` completely, then apply it to ``k`` (its lock held by the caller)."""
-    actions: list[Callable[[], None]] = []
-    keys = list(command)
     if "times" in command and "fault" not in command:
         raise ValueError("control times: only valid together with fault")
     if ("name" in command) != ("td_build" in command):
         raise ValueError("control td_build: needs a name, and name goes with td_build only")
-    for key in keys:
-        value = command[key]
-        if key == "fault":
-            try:
-                fault = parse_fault(value)
-            except ValueError as exc:
-                raise ValueError(f"control {exc}") from None
-            times = command.get("times")
-            if times is not None:
-                times = _nonneg_int(times, "times")
-                if times == 0 or fault.kind not in UPLOAD_KINDS:
-                    raise ValueError("control times: needs N >= 1 and an upload fault")
-            actions.append(partial(k.add_fault, fault, times))
-        elif key in ("times", "name"):
-            continue
-        elif key == "td_build":
-            name = command["name"]
-            if value not in ("start", "finish") or not isinstance(name, str) or not name:
-                raise ValueError(
-                    f'control td_build: expected "start" or "finish" and a name, got '
-                    f"{value!r}, {name!r}"
-                )
-            if (value == "start") == (name in k.td_builds):
-                state = "is already" if value == "start" else "is not"
-                raise ValueError(f"control td_build: TD {name!r} {state} being built")
-            actions.append(partial(k.td_build, value, name))
-        elif key == "clear_faults":
-            if _bool(value, key):
-                actions.append(k.clear_faults)
-        elif key == "unhang":
-            if _bool(value, key):
-
-                def release() -> None:
-                    k.unhang_pending += 1
-
-                actions.append(release)
-        elif key in ("online", "present"):
-            try:
-                cpus = parse_cpu_list(str(value))
-            except ValueError as exc:
-                raise ValueError(f"control {key}: {exc}") from None
-            actions.append(partial(setattr, k, key, cpus))
-        elif key == "remaining":
-            n = _nonneg_int(value, key)
-            actions.append(partial(setattr, k, "remaining", n))
-        elif key == "module":
-            v = _version(value, key)
-
-            actions.append(partial(k.set_module, v))
-        elif key == "seamldr":
-            v = _version(value, key)
-            actions.append(partial(setattr, k, "seamldr_version", v))
-        elif key == "cpu":
-            try:
-                sig = parse_cpu_signature(value)
-            except ValueError as exc:
-                raise ValueError(f"control cpu: {exc}") from None
-            actions.append(partial(setattr, k, "cpu", sig))
-        elif key == "tdx_features":
-            try:
-                features = int(str(value), 0)
-            except ValueError:
-                raise ValueError(f"control tdx_features: {value!r} is not a number") from None
-            actions.append(partial(setattr, k, "tdx_features", features))
-        elif key == "durations":
-            if not isinstance(value, dict):
-                raise ValueError("control durations: expected an object of stage -> ms")
-            try:
-                durations = k.durations.replace(value)
-            except ValueError as exc:
-                raise ValueError(f"control {exc}") from None
-            actions.append(partial(setattr, k, "durations", durations))
-        elif key == "idle_lag_ms":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"control idle_lag_ms: expected ms >= 0, got {value!r}")
-            actions.append(partial(setattr, k, "idle_lag_ms", float(value)))
-        elif key == "trusted_signers":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError("control trusted_signers: expected a list of fingerprints")
-            signers = frozenset(v.strip().lower() for v in value)
-            actions.append(partial(setattr, k.seamldr, "trusted_signers", signers))
-        elif key == "debug_platform":
-            flag = _bool(value, key)
-            actions.append(partial(setattr, k.seamldr, "debug_platform", flag))
-        elif key == "reset":
-            if _bool(value, key):
-                if k.fw is not None and k.fw.progress != "idle":
-                    raise ValueError("control reset: an upload is in progress")
-                actions.append(k.reset)
-        elif key == "reboot":
-            if _bool(value, key):
-                if k.fw is not None and k.fw.progress != "idle":
-                    raise ValueError("control reboot: an upload is in progress")
-                actions.append(k.reboot)
-        else:
+    actions: list[Action] = []
+    for key, value in command.items():
+        parse = COMMANDS.get(key)
+        if parse is None:
             raise ValueError(f"control: unknown command {key!r}")
+        action = parse(k, command, value, key)
+        if action is not None:
+            actions.append(action)
     for action in actions:
         action()

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tdxupdate.host import format_cpu_list
+from tdxupdate.hostfiles import format_cpu_list
 from tdxupdate.sim.blob import ImageRejected, parse_for_kernel
 from tdxupdate.sim.config import (
     TD_PRESERVING_BIT,
@@ -272,17 +272,9 @@ class TdxDriver:
             return self._errno(errno.EINVAL, reason), 0
         if not k.tdx_features & TD_PRESERVING_BIT:
             return self._errno(errno.EOPNOTSUPP, "the running module cannot be updated"), 0
-        if self._fault("device-busy") is not None:
-            reason = "TDH.SYS.SHUTDOWN refused: a TD build or migration is in progress"
-            return self._errno(errno.EBUSY, reason), 0
-        building = k.building()
-        if building and k.guarded():
-            reason = f"TDH.SYS.SHUTDOWN refused: TD build(s) {', '.join(building)} in progress"
-            return self._errno(errno.EBUSY, reason), 0
-        if building:
-            # No guard (mainline, mainline-and-attestation.md §1): the shutdown goes ahead
-            # and the measurement of every TD being built is corrupted.
-            k._corrupt(building)
+        refused = self._shutdown()
+        if refused:
+            return refused, 0
         # TDH.SYS.SHUTDOWN succeeded: the old module is gone, every failure is now fatal.
         request = InstallRequest(
             sigstruct_area=image.sigstruct_area,
@@ -304,6 +296,23 @@ class TdxDriver:
         else:
             k._installed(new, keep_old=self._fault("wrong-version") is not None)
         return None, size
+
+    def _shutdown(self) -> str | None:
+        """TDH.SYS.SHUTDOWN: refused (EBUSY) by a fault or while a TD is built on a guarded
+        kernel; None when the old module is shut down."""
+        k = self.k
+        if self._fault("device-busy") is not None:
+            reason = "TDH.SYS.SHUTDOWN refused: a TD build or migration is in progress"
+            return self._errno(errno.EBUSY, reason)
+        building = k.building()
+        if building and k.guarded():
+            reason = f"TDH.SYS.SHUTDOWN refused: TD build(s) {', '.join(building)} in progress"
+            return self._errno(errno.EBUSY, reason)
+        if building:
+            # No guard (mainline, mainline-and-attestation.md §1): the shutdown goes ahead
+            # and the measurement of every TD being built is corrupted.
+            k._corrupt(building)
+        return None
 
     def poll_complete(self) -> str | None:
         self._sleep(self.k.durations.programming)

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -79,30 +79,51 @@ def synthetic_module(version: Version, pages: int = 2) -> bytes:
     return bytes(out[: pages * 4096])
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a synthetic image's sigstruct says about it (``data/sample-images.json``)."""
+
+    cpuid_table: tuple[int, ...] = (0x806F8, 0xC06F0, 0xA06F0)
+    debug: bool = False
+    date: int = 0x20250101
+    seamsvn: int = 0x0100
+    #: False leaves offset 1000 zero: a sigstruct that declares no version
+    declare_version: bool = True
+
+    @classmethod
+    def from_sample(cls, entry: Mapping[str, Any]) -> ImageSpec:
+        """One item of ``sample-images.json``'s ``images``."""
+        return cls(
+            cpuid_table=tuple(int(x, 16) for x in entry["cpuid_table"]),
+            debug=bool(entry.get("debug", False)),
+            date=int(entry["date"], 16),
+            seamsvn=int(entry["seamsvn"], 16),
+        )
+
+
+DEFAULT_SPEC = ImageSpec()
+
+
 def synthesize_image(
     key: RsaKey,
     version: Version | str,
+    spec: ImageSpec = DEFAULT_SPEC,
     *,
     fmt: int = FORMAT_B,
-    cpuid_table: Sequence[int] = (0x806F8, 0xC06F0, 0xA06F0),
-    debug: bool = False,
     module_pages: int = 2,
-    date: int = 0x20250101,
-    seamsvn: int = 0x0100,
-    declare_version: bool = True,
     module: bytes | None = None,
 ) -> bytes:
-    """One signed synthetic image (``declare_version`` False leaves offset 1000 zero)."""
+    """One signed synthetic image of ``version`` whose sigstruct says what ``spec`` says."""
     v = version if isinstance(version, Version) else Version.parse(version)
     body = module if module is not None else synthetic_module(v, module_pages)
     sigstruct = make_sigstruct(
         module=body,
         key=key,
-        cpuid_table=list(cpuid_table),
-        version=v if declare_version else None,
-        module_type=DEBUG_BIT if debug else 0,
-        date=date,
-        seamsvn=seamsvn,
+        cpuid_table=list(spec.cpuid_table),
+        version=v if spec.declare_version else None,
+        module_type=DEBUG_BIT if spec.debug else 0,
+        date=spec.date,
+        seamsvn=spec.seamsvn,
     )
     return build(sigstruct, body, fmt)
 
@@ -145,15 +166,7 @@ def _write_repo(target: Path, key: RsaKey) -> None:
     for spec in sample_images():
         version = Version.parse(spec["version"])
         fmt = {"0x100": FORMAT_A, "0x200": FORMAT_B}[spec["format"]]
-        image = synthesize_image(
-            key,
-            version,
-            fmt=fmt,
-            cpuid_table=[int(x, 16) for x in spec["cpuid_table"]],
-            debug=bool(spec.get("debug", False)),
-            date=int(spec["date"], 16),
-            seamsvn=int(spec["seamsvn"], 16),
-        )
+        image = synthesize_image(key, version, ImageSpec.from_sample(spec), fmt=fmt)
         folder = target / "joined_files" / f"{version.major}.{version.minor}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"tdx_module_{version}.blob").write_bytes(image)

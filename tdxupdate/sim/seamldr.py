@@ -110,6 +110,15 @@ class PSeamldr:
         sig = req.sigstruct_area[:SIGSTRUCT_SIZE]
         if len(sig) < SIGSTRUCT_SIZE:
             raise InstallFailed(f"sigstruct is {len(sig)} bytes, not {SIGSTRUCT_SIZE}")
+        self._verify(sig, req)
+        new = declared_version(sig)
+        if new is None:  # the kernel side refuses these first; kept for direct callers
+            raise InstallFailed("sigstruct declares no version")
+        self._check_update(new, req)
+        return new
+
+    def _verify(self, sig: bytes, req: InstallRequest) -> None:
+        """The sigstruct: its constants, signature and signer, SEAMHASH, debug bit, CPUs."""
         for offset, (name, expected) in _HEADER_CONSTANTS.items():
             value = struct.unpack_from("<I", sig, offset)[0]
             if value != expected:
@@ -134,9 +143,9 @@ class PSeamldr:
         table = struct.unpack_from(f"<{count}I", sig, 1028)
         if req.cpu & ~0xF not in {entry & ~0xF for entry in table}:
             raise InstallFailed(f"CPU {req.cpu:#x} is not in the module's cpuid table")
-        new = declared_version(sig)
-        if new is None:  # the kernel side refuses these first; kept for direct callers
-            raise InstallFailed("sigstruct declares no version")
+
+    def _check_update(self, new: Version, req: InstallRequest) -> None:
+        """``new`` may replace the running module: P-SEAMLDR version, stream, no downgrade."""
         facts = None if self.releases is None else self.releases.get(new)
         if facts is not None and not any(
             v.stream == req.seamldr.stream and v.update <= req.seamldr.update
@@ -152,4 +161,3 @@ class PSeamldr:
             raise InstallFailed(
                 f"{new} preserves TDs only from {facts.min_td_preserving}; running {req.running}"
             )
-        return new

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from tdxupdate import fsio, safedir
-from tdxupdate.errors import from_oserror
 from tdxupdate.safedir import SafeDir
 
 #: Kinds of content in the store, each its own directory.
@@ -147,14 +146,14 @@ class Cache:
         try:
             return safedir.open_dir(self.root, "cache directory")
         except OSError as exc:
-            raise from_oserror(exc, str(self.root)) from exc
+            raise fsio.os_error(exc, str(self.root)) from exc
 
     @staticmethod
     def _sub(parent: SafeDir, name: str) -> SafeDir:
         try:
             return parent.subdir(name)
         except OSError as exc:
-            raise from_oserror(exc, str(parent.path / name)) from exc
+            raise fsio.os_error(exc, str(parent.path / name)) from exc
 
     def _dir(self, kind: str) -> SafeDir:
         """The open directory of ``kind`` (``index`` or one of :data:`KINDS`)."""
@@ -201,7 +200,7 @@ class Cache:
             fd, name = directory.mkstemp(_TEMP_PREFIX)
         except OSError as exc:
             directory.close()
-            raise from_oserror(exc, str(directory.path)) from exc
+            raise fsio.os_error(exc, str(directory.path)) from exc
         except BaseException:
             directory.close()
             raise
@@ -251,7 +250,7 @@ class Cache:
             try:
                 directory.unlink(self._index_name(url))
             except OSError as exc:
-                raise from_oserror(exc, str(self._index_path(url))) from exc
+                raise fsio.os_error(exc, str(self._index_path(url))) from exc
 
     def touch(self, entry: Entry) -> Entry:
         """Record that the mirror just confirmed ``entry`` (a 304)."""
@@ -284,7 +283,7 @@ def _read_trusted(directory: SafeDir, name: str, path: Path) -> bytes | None:
             directory.unlink(name)
         return None
     except OSError as exc:
-        raise from_oserror(exc, str(path)) from exc
+        raise fsio.os_error(exc, str(path)) from exc
 
 
 class Staged:
@@ -304,7 +303,7 @@ class Staged:
         try:
             self._file.write(data)
         except OSError as exc:
-            raise from_oserror(exc, str(self.path)) from exc
+            raise fsio.os_error(exc, str(self.path)) from exc
         self._hash.update(data)
         self.size += len(data)
 
@@ -323,7 +322,7 @@ class Staged:
             self._dir.replace(self._name, digest)
             self._dir.fsync()
         except OSError as exc:
-            raise from_oserror(exc, str(final)) from exc
+            raise fsio.os_error(exc, str(final)) from exc
         self.committed = final
         self._dir.close()
         return digest

@@ -7,13 +7,16 @@ largest image or mapping file, and only regular files are read as images).
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from tdxupdate import fsio
 from tdxupdate.catalog import MAX_MAPPING_SIZE, Catalog, parse_catalog, too_large
-from tdxupdate.errors import InvalidImage, NotFound, from_oserror
+from tdxupdate.errors import InvalidImage, NotFound
 from tdxupdate.image import HEAD_SIZE, MAX_IMAGE_SIZE
 from tdxupdate.sources.refs import BLOB_RE, MAPPING_NAME, ImageRef, blob_relpath
 from tdxupdate.versions import Version
@@ -52,12 +55,12 @@ class LocalRepository:
         except FileNotFoundError:
             return found
         except OSError as exc:
-            raise from_oserror(exc, joined) from exc
+            raise fsio.os_error(exc, joined) from exc
         for stream_dir in stream_dirs:
             try:
                 names = sorted(os.listdir(stream_dir))
             except OSError as exc:
-                raise from_oserror(exc, stream_dir) from exc
+                raise fsio.os_error(exc, stream_dir) from exc
             for name in names:
                 m = BLOB_RE.match(name)
                 if m is None:
@@ -89,10 +92,25 @@ class LocalRepository:
 # Reading files: bounded, regular files only
 
 
-def _open_error(exc: OSError, path: Path) -> Exception:
-    if isinstance(exc, FileNotFoundError):
-        return NotFound(f"{path}: no such image", code="image-not-found")
-    return from_oserror(exc, str(path))
+#: An image file that cannot be read: a missing one is ``image-not-found`` (66).
+_IMAGE_CASES: fsio.Cases = {
+    **fsio.COMMON,
+    **fsio.cases(
+        (fsio.MISSING, functools.partial(NotFound, code="image-not-found"), "no such image")
+    ),
+}
+
+#: A mapping file that cannot be opened: a missing one is ``mapping-not-found`` (66).
+_MAPPING_CASES: fsio.Cases = {
+    **fsio.COMMON,
+    **fsio.cases(
+        (
+            (errno.ENOENT, errno.ENOTDIR),
+            functools.partial(NotFound, code="mapping-not-found"),
+            "no such file",
+        )
+    ),
+}
 
 
 def read_head(path: Path | str) -> tuple[bytes, int]:
@@ -102,7 +120,7 @@ def read_head(path: Path | str) -> tuple[bytes, int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _open_error(exc, Path(path)) from exc
+        raise fsio.os_error(exc, Path(path), _IMAGE_CASES) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -113,7 +131,7 @@ def read_head(path: Path | str) -> tuple[bytes, int]:
             chunks.append(more)
             got += len(more)
     except OSError as exc:
-        raise _open_error(exc, Path(path)) from exc
+        raise fsio.os_error(exc, Path(path), _IMAGE_CASES) from exc
     finally:
         os.close(fd)
     return b"".join(chunks) if len(chunks) > 1 else chunks[0], st.st_size
@@ -132,7 +150,7 @@ def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:
             # size 0) is still caught without reading it all.
             data = f.read(max_size + 1)
     except OSError as exc:
-        raise _open_error(exc, path) from exc
+        raise fsio.os_error(exc, path, _IMAGE_CASES) from exc
     if len(data) > max_size:
         raise InvalidImage(f"{path}: larger than the largest image ({max_size} bytes)")
     return data
@@ -161,10 +179,8 @@ def load_catalog(path: Path | str) -> Catalog:
     source = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"{source}: no such file", code="mapping-not-found") from None
     except OSError as exc:
-        raise from_oserror(exc, source) from None
+        raise fsio.os_error(exc, source, _MAPPING_CASES) from None
     chunks: list[bytes] = []
     try:
         mode = os.fstat(fd).st_mode
@@ -179,7 +195,7 @@ def load_catalog(path: Path | str) -> Catalog:
             if total > MAX_MAPPING_SIZE:  # read, not st_size: devices and pipes have none
                 raise too_large(source)
     except OSError as exc:
-        raise from_oserror(exc, source) from None
+        raise fsio.os_error(exc, source) from None
     finally:
         os.close(fd)
     return parse_catalog(b"".join(chunks), source)

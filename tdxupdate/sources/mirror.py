@@ -148,9 +148,11 @@ class RemoteRepository:
         local: LocalRepository | None = None,
         mapping_url: str | None = None,
         mapping_path: Path | None = None,
-        progress: DownloadProgress | None = None,
-        clock: Callable[[], float] = time.time,
+        options: MirrorOptions | None = None,
     ):
+        """``options`` give the download progress and the clock of the cache index; the
+        rest of them made ``cache`` and ``client`` (see :func:`open_remote`)."""
+        opts = options if options is not None else MirrorOptions()
         self.location = location
         self.cache = cache
         self.client = client
@@ -158,8 +160,8 @@ class RemoteRepository:
         self.local = local
         self.mapping_url = mapping_url
         self.mapping_path = mapping_path
-        self.progress = progress
-        self.clock = clock
+        self.progress = opts.progress
+        self.clock = opts.clock
         self.warnings: list[tuple[str, str]] = []
         #: displayed location -> the URL to fetch (they differ when the URL holds a password)
         self._urls: dict[str, str] = {}
@@ -540,8 +542,7 @@ def open_remote(
         local=local,
         mapping_url=mapping_url,
         mapping_path=mapping_path if mapping_url is None else None,
-        progress=opts.progress,
-        clock=clock,
+        options=opts,
     )
     if insecure:
         shown = ", ".join(redact(u) for u in _unique(insecure))

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from factories.sysroot import FaultySysroot
-from tdxupdate import host
+from tdxupdate import host, hostfiles, kernels
 from tdxupdate.sysroot import ATTR_LIMIT, Sysroot
 from tdxupdate.versions import Version
 
 GENERATIONS = ("G1", "G2", "G3", "G4", "G5")
 
-T = host.TDX_HOST
-G1_TSM = host.G1_TDX_TSM
+T = kernels.TDX_HOST
+G1_TSM = kernels.G1_TDX_TSM
 G1_SEAMLDR = "/sys/devices/virtual/tdx/seamldr"
 
 #: The kernel release each generation shipped on (kernel-abi.md §1): v8 (G4) sat on 7.1-rc1,
@@ -129,10 +129,10 @@ def host_paths(generation: str = "G5") -> dict[str, str]:
     if generation not in GENERATIONS:
         raise ValueError(f"unknown generation {generation!r}; expected one of {GENERATIONS}")
     paths = {
-        "cpuinfo": host.CPUINFO,
-        "osrelease": host.OSRELEASE,
-        "online": host.CPUS_ONLINE,
-        "present": host.CPUS_PRESENT,
+        "cpuinfo": hostfiles.CPUINFO,
+        "osrelease": hostfiles.OSRELEASE,
+        "online": hostfiles.CPUS_ONLINE,
+        "present": hostfiles.CPUS_PRESENT,
     }
     if generation == "G1":
         name = "seamldr_upload"
@@ -140,7 +140,7 @@ def host_paths(generation: str = "G5") -> dict[str, str]:
             "module_version": f"{G1_TSM}/version",
             "seamldr_version": f"{G1_SEAMLDR}/version",
             "num_remaining_updates": f"{G1_SEAMLDR}/num_remaining_updates",
-            "upload_dir": f"{host.CLASS_FIRMWARE}/{name}",
+            "upload_dir": f"{kernels.CLASS_FIRMWARE}/{name}",
         }
     else:
         name = "seamldr_upload" if generation == "G2" else "tdx_module"
@@ -156,7 +156,7 @@ def host_paths(generation: str = "G5") -> dict[str, str]:
             "compat_capable": f"{T}/compat_capable",
             "upload_dir": f"{T}/firmware/{name}",
         }
-    paths["class_upload_dir"] = f"{host.CLASS_FIRMWARE}/{name}"
+    paths["class_upload_dir"] = f"{kernels.CLASS_FIRMWARE}/{name}"
     paths["status"] = f"{paths['class_upload_dir']}/status"
     return paths
 
@@ -300,15 +300,15 @@ class HostTree:
 
     def _write_cpus_and_release(self, root: Path) -> None:
         try:
-            ncpus = len(host.parse_cpu_list(self.online)) or 1
+            ncpus = len(hostfiles.parse_cpu_list(self.online)) or 1
         except ValueError:
             ncpus = 1
         cpuinfo = cpuinfo_text(self.cpu, vendor=self.vendor, bugs=self.bugs, cpus=min(ncpus, 8))
-        _write(root, host.CPUINFO, cpuinfo)
-        _write(root, host.CPUS_ONLINE, f"{self.online}\n", 0o444)
-        _write(root, host.CPUS_PRESENT, f"{self.present}\n", 0o444)
+        _write(root, hostfiles.CPUINFO, cpuinfo)
+        _write(root, hostfiles.CPUS_ONLINE, f"{self.online}\n", 0o444)
+        _write(root, hostfiles.CPUS_PRESENT, f"{self.present}\n", 0o444)
         release = DEFAULT_OSRELEASE[self.generation] if self.osrelease is None else self.osrelease
-        _write(root, host.OSRELEASE, f"{release}\n", 0o444)
+        _write(root, hostfiles.OSRELEASE, f"{release}\n", 0o444)
 
 
 def build_host_tree(root: Path, **options: Unpack[HostOptions]) -> Path:

@@ -22,7 +22,7 @@ from sim.helpers import (
     version_of,
 )
 from tdxupdate.image import FORMAT_B
-from tdxupdate.sim.repo import SampleRepo, synthesize_image
+from tdxupdate.sim.repo import ImageSpec, SampleRepo, synthesize_image
 from tdxupdate.sim.session import SimHost
 
 pytestmark = pytest.mark.fuse
@@ -105,7 +105,7 @@ def test_debug_platform_loads_debug_modules(g5: SimHost, sample_repo: SampleRepo
 def test_image_without_declared_version_is_refused_harmlessly(
     g5: SimHost, sample_repo: SampleRepo
 ) -> None:
-    img = synthesize_image(sample_repo.key(), "1.5.08", declare_version=False)
+    img = synthesize_image(sample_repo.key(), "1.5.08", ImageSpec(declare_version=False))
     assert upload(upload_dir(g5), img) == "transferring:firmware-invalid\n"
     assert version_of(g5) == "1.5.06"
     assert last_upload(g5)["fatal"] is False

@@ -21,7 +21,7 @@ from sim.helpers import (
     read,
     upload_dir,
 )
-from tdxupdate.host import cpu_signature_from_cpuinfo
+from tdxupdate.hostfiles import cpu_signature_from_cpuinfo
 from tdxupdate.sim.session import SimHost
 
 pytestmark = pytest.mark.fuse

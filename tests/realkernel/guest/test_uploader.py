@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from realkernel.guest import kfw
-from tdxupdate import uploader
+from tdxupdate import kernel_errors, uploader
 from tdxupdate.errors import TryLater
 from tdxupdate.image import FORMAT_A, FORMAT_B, MAX_KERNEL_IMAGE_SIZE
 
@@ -85,7 +85,7 @@ def test_injected_error_is_decoded(tdx_module: Path, stage: str, error: str) -> 
     assert result.kernel_error == f"{stage}:{error}"
     assert kfw.error(tdx_module) == f"{stage}:{error}\n"
     assert result.remaining_size == kfw.remaining_size(tdx_module)
-    decoded = uploader.decode_kernel_error(result.kernel_error)
+    decoded = kernel_errors.decode_kernel_error(result.kernel_error)
     assert (decoded.stage, decoded.error) == (stage, error)
     if error == "device-busy":
         # a TD build or migration was running: nothing changed, try later (§4 step 8)

@@ -200,6 +200,45 @@ def update_argv(module):
     return argv
 
 
+def run_until_not_busy(module, argv):
+    """Run the update, again after a growing delay while it exits 75 and retries remain:
+    (rc, document, stdout, stderr, the refusals retried)."""
+    busy = []
+    delay = max(module.params["busy_delay"], 0)
+    while True:
+        rc, doc, out, err = run_json(module, argv)
+        if rc != EX_TEMPFAIL or len(busy) >= module.params["busy_retries"]:
+            return rc, doc, out, err, busy
+        code, message = error_of(doc)
+        busy.append(dict(rc=rc, error_code=code, message=message, waited=delay))
+        time.sleep(delay)
+        delay = min(delay * 2, 300)
+
+
+def confirm_update(module, result, target, to_version):
+    """Confirm inside this task that the host now runs ``to_version``; fail the task if not."""
+    s_rc, status, _out, s_err = run_json(module, common_argv(module.params) + ["--status"])
+    now = host_identity((status or {}).get("host"))
+    result["running_version"] = now.get("version")
+    result["after"] = dict(
+        version=now.get("version"),
+        seamsvn=now.get("seamsvn") or target.get("seamsvn"),
+        mrseam=now.get("mrseam") or target.get("mrseam"),
+    )
+    if status is not None and now.get("version") == to_version:
+        return
+    result["changed"] = True
+    lost = status is not None and module_lost(status.get("host"))
+    if lost:
+        result["fatal"] = True
+        module.fail_json(msg=LOST_MESSAGE, **result)
+    module.fail_json(
+        msg="update reported success but the host runs %s, not %s (status exit %d): %s"
+        % (now.get("version"), to_version, s_rc, s_err.strip()),
+        **result,
+    )
+
+
 def main():
     spec = dict(COMMON_OPTIONS)
     spec.update(
@@ -215,17 +254,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     argv = update_argv(module)
-
-    busy = []
-    delay = max(module.params["busy_delay"], 0)
-    while True:
-        rc, doc, out, err = run_json(module, argv)
-        if rc != EX_TEMPFAIL or len(busy) >= module.params["busy_retries"]:
-            break
-        code, message = error_of(doc)
-        busy.append(dict(rc=rc, error_code=code, message=message, waited=delay))
-        time.sleep(delay)
-        delay = min(delay * 2, 300)
+    rc, doc, out, err, busy = run_until_not_busy(module, argv)
 
     result = dict(
         rc=rc,
@@ -284,26 +313,7 @@ def main():
     else:
         changed = bool(doc.get("changed"))
         if changed:
-            # Confirm inside this task: the host must now run the target.
-            s_rc, status, _out, s_err = run_json(module, common_argv(module.params) + ["--status"])
-            now = host_identity((status or {}).get("host"))
-            result["running_version"] = now.get("version")
-            result["after"] = dict(
-                version=now.get("version"),
-                seamsvn=now.get("seamsvn") or target.get("seamsvn"),
-                mrseam=now.get("mrseam") or target.get("mrseam"),
-            )
-            if status is None or now.get("version") != to_version:
-                result["changed"] = True
-                lost = status is not None and module_lost(status.get("host"))
-                if lost:
-                    result["fatal"] = True
-                    module.fail_json(msg=LOST_MESSAGE, **result)
-                module.fail_json(
-                    msg="update reported success but the host runs %s, not %s (status exit %d): %s"
-                    % (now.get("version"), to_version, s_rc, s_err.strip()),
-                    **result,
-                )
+            confirm_update(module, result, target, to_version)
     result["changed"] = changed
     result["would_change"] = changed
     if module._diff:
