@@ -246,8 +246,10 @@ def _finish(settings: Settings, report: Any, started: float) -> int:
                 now=time.time(),
             )
         except TdxError as exc:
-            doc = report.document()
-            if doc.get("changed") or doc.get("fatal") or report.error is not None:
+            kernel_acted = report.update is not None and (
+                report.update.changed or report.update.fatal
+            )
+            if kernel_acted or report.error is not None:
                 report.warn("metrics-write-failed", f"metrics not written: {exc.message}")
             else:
                 report.error = exc

@@ -146,7 +146,8 @@ def _plan(settings: Settings, report: Report) -> UpdatePlan | None:
         candidates = [replacement if c.version == selected.version else c for c in candidates]
         report.candidates = [_inv.candidate_doc(c) for c in candidates]
 
-    assert facts.image_format is not None and facts.upload_dir is not None
+    assert facts.image_format is not None
+    assert facts.upload_dir is not None
     formats = [facts.image_format]
     if facts.image_format_fallback is not None and facts.image_format_auto:
         formats.append(facts.image_format_fallback)
@@ -233,7 +234,8 @@ def _finish(report: Report, attempt: Attempt, plan: UpdatePlan) -> None:
             )
         return
     if attempt.outcome == "interrupted":
-        assert attempt.result is not None and attempt.result.interrupted is not None
+        assert attempt.result is not None
+        assert attempt.result.interrupted is not None
         raise Interrupted(attempt.message, signum=attempt.result.interrupted)
     if attempt.error is not None:
         # The stream failed (I/O or permission error while writing); nothing was committed
