@@ -27,7 +27,7 @@ from sim.helpers import (
 )
 from tdxupdate.image import FORMAT_A, FORMAT_B
 from tdxupdate.sim.config import SimConfig
-from tdxupdate.sim.kernel import SimKernel, cpu_fields, error_token
+from tdxupdate.sim.kernel import SimKernel, cpu_fields
 from tdxupdate.sim.repo import SampleRepo
 from tdxupdate.sim.session import SimHost
 
@@ -133,9 +133,6 @@ def test_kernel_model_runs_in_process(sample_repo: SampleRepo) -> None:
         kernel.shutdown()
 
 
-def test_cpu_fields_and_error_tokens_follow_the_kernel() -> None:
+def test_cpu_fields_follow_the_kernel() -> None:
     assert cpu_fields(0x806F8) == (6, 143, 8)
     assert cpu_fields(0xA06D0) == (6, 173, 0)
-    assert error_token("v3", errno.ENOSPC) == "flash-wearout"
-    assert error_token("v7", errno.ENOSPC) == "firmware-invalid"
-    assert error_token("ml", errno.EBUSY) == "firmware-invalid"
