@@ -23,7 +23,9 @@ same run (never as absolute thresholds, and never inside the test suite).
 * ``rss``      — peak RSS of the whole process: ``--list`` at 20 and 2,000 releases, and
   ``--verify`` of a 3-page and of a 496-page image (flat means a ratio near 1).
 * ``done``     — kernel done to ``upload()`` returning: the status watch's reaction after the
-  (plain-file) kernel flips ``status`` to idle, over 40 updates at varied durations.
+  (plain-file) kernel flips ``status`` to idle, over 40 updates at varied durations; then kernel
+  done to process exit of a whole ``python -m tdxupdate --update`` (``bench/done_child.py``),
+  against a bare process exit measured the same way.
 * ``mapping``  — peak Python allocation (tracemalloc) while loading the costliest mapping files
   the loader's bounds let through, each at the 1 MiB cap (``tests/fuzz/shapes.py``), per byte
   read, against the same figure for Intel's own file; and the same hostile shape with the
@@ -428,7 +430,7 @@ def bench_rss() -> None:
         )
 
 
-def bench_done() -> None:
+def _done_watch() -> None:
     import statistics
 
     reactions: list[float] = []
@@ -468,6 +470,55 @@ def bench_done() -> None:
         f" ms, max {max(reactions) * 1e3:.1f} ms over {len(reactions)} updates (the poll "
         f"schedule's bound: {uploader.MAX_POLL_INTERVAL * 1e3:.0f} ms)"
     )
+
+
+def _done_end_to_end(runs: int = 30) -> None:
+    """Kernel done -> process exit of a whole ``python -m tdxupdate --update`` (status watch,
+    version read-back, history fsync, metrics, JSON document, interpreter exit): the child
+    (``bench/done_child.py``) stamps CLOCK_MONOTONIC as its stand-in kernel finishes, this
+    process as it reaps the child. The baseline is the same measure around a bare exit."""
+    import statistics
+
+    from factories.hosts import build_host_tree
+
+    _compiled()
+    child = ROOT / "bench" / "done_child.py"
+    ours: list[float] = []
+    bare: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        repo = write_repo(d / "repo", {v: make_image(v) for v in ("1.5.06", "1.5.07")})
+        keys = d / "keys"
+        keys.write_text(test_key().fingerprint + "\n")
+        stamp = d / "flipped"
+        for i in range(runs + 1):
+            host = build_host_tree(d / f"host-{i}", seamldr="1.5.00")
+            busy = 0.05 + 0.55 * i / runs  # 50 ms to 0.6 s: every phase of the poll schedule
+            cmd = [
+                sys.executable, str(child), f"{busy:.4f}", str(stamp), "--",
+                "--update", "1.5.07", "--json", "--sysroot", str(host), "--repo", str(repo),
+                "--trusted-keys", str(keys), "--state-dir", str(d / "state"),
+                "--cache-dir", str(d / "cache"), "--metrics-file", str(d / "tdxupdate.prom"),
+            ]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True)
+            reaped = time.monotonic()
+            took = reaped - float(stamp.read_text())
+            subprocess.run([sys.executable, str(child), "exit", str(stamp)], check=True)
+            reaped = time.monotonic()
+            if i:  # the first run warms the page cache
+                ours.append(took)
+                bare.append(reaped - float(stamp.read_text()))
+    print(
+        f"done: kernel done -> process exit (--update end to end): median "
+        f"{statistics.median(ours) * 1e3:.1f} ms, max {max(ours) * 1e3:.1f} ms over {runs} "
+        f"updates; baseline, a bare process exit measured the same way: median "
+        f"{statistics.median(bare) * 1e3:.1f} ms"
+    )
+
+
+def bench_done() -> None:
+    _done_watch()
+    _done_end_to_end()
 
 
 BENCHES = {
