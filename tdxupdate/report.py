@@ -16,6 +16,7 @@ from typing import Any
 
 from tdxupdate import __version__
 from tdxupdate.errors import TdxError
+from tdxupdate.versions import try_parse
 
 SCHEMA_VERSION = 1
 
@@ -314,10 +315,15 @@ class Report:
         return None if self.candidates is None else [c.to_json() for c in self.candidates]
 
     def attestation_input(self) -> dict[str, Any]:
-        """The host and the candidates, as :mod:`tdxupdate.attestation` reads them."""
+        """The host and the candidates, as :func:`tdxupdate.attestation.running_values` reads
+        them: it looks only at the candidates of the running version, so only those are put
+        in (a listing of n releases would otherwise build n candidate objects to drop them)."""
+        host = self.host.to_json() if self.host is not None else {}
+        running = try_parse(str(host.get("module_version") or ""))
+        shown = str(running) if running is not None else None
         return {
-            "host": self.host.to_json() if self.host is not None else {},
-            "candidates": self.candidates_json() or [],
+            "host": host,
+            "candidates": [c.to_json() for c in self.candidates or () if c.version == shown],
         }
 
     def document(self) -> dict[str, Any]:

@@ -206,3 +206,23 @@ def test_warnings_are_kept_once_and_shown_live_once() -> None:
 
 def test_the_dead_exit_code_is_gone() -> None:
     assert "exit_code" not in names(Report)
+
+
+@pytest.mark.parametrize("shown", ["1.5.06", "1.5.6\n"])
+def test_attestation_input_holds_the_running_versions_candidates_only(shown: str) -> None:
+    from tdxupdate.attestation import running_values
+
+    doc = Report("list", host=host())
+    assert doc.host is not None
+    doc.host.module_version = shown
+    running = candidate("1.5.06")
+    running.mrseam = "cd" * 48
+    doc.candidates = [candidate("1.5.09"), running, candidate("1.5.07")]
+    given = doc.attestation_input()
+    assert given["host"] == doc.host.to_json()
+    assert given["candidates"] == [running.to_json()]
+    # what running_values makes of it is what it makes of every candidate
+    everything = {"host": doc.host.to_json(), "candidates": doc.candidates_json()}
+    assert running_values(given) == running_values(everything)
+    doc.host.module_version = None
+    assert doc.attestation_input()["candidates"] == []
