@@ -10,8 +10,10 @@ reads the typed fields; the metrics textfile and the update summary line are bui
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from tdxupdate import __version__
@@ -37,6 +39,76 @@ def fmt_hex(value: int | None) -> str | None:
 def _put(obj: dict[str, Any], name: str, value: object) -> None:
     if value is not UNSET:
         obj[name] = value
+
+
+class _Unusual(Exception):
+    """A value :func:`dumps` leaves to :func:`json.dumps` (not produced by a document)."""
+
+
+def dumps(doc: object) -> str:
+    """Exactly ``json.dumps(doc, indent=2)``, in about half the time for a large document.
+
+    The standard library encodes an indented document in pure Python through a generator per
+    nesting level; this writes the JSON types a document holds (dicts with string keys,
+    lists, strings, ints, finite floats, booleans, None) in one recursive pass with the C
+    string escaper. Anything else (another key type, NaN, a tuple, a subclass) is handed to
+    ``json.dumps``, which also gives its errors for what JSON cannot hold."""
+    parts: list[str] = []
+    try:
+        _dump(doc, "\n", parts.append)
+    except (_Unusual, RecursionError):
+        return json.dumps(doc, indent=2)
+    return "".join(parts)
+
+
+def _dump(value: Any, newline: str, out: Callable[[str], None]) -> None:
+    kind = type(value)
+    if kind is str:
+        out(_json_str(value))
+    elif kind is dict:
+        _dump_dict(value, newline, out)
+    elif kind is list:
+        _dump_list(value, newline, out)
+    elif value is None:
+        out("null")
+    elif value is True:
+        out("true")
+    elif value is False:
+        out("false")
+    elif kind is int:
+        out(int.__repr__(value))
+    elif kind is float and value - value == 0:  # finite: NaN and infinities go to json
+        out(float.__repr__(value))
+    else:
+        raise _Unusual
+
+
+def _dump_dict(obj: dict[object, object], newline: str, out: Callable[[str], None]) -> None:
+    if not obj:
+        out("{}")
+        return
+    inner = newline + "  "
+    opening = "{"
+    for key, item in obj.items():
+        if type(key) is not str:
+            raise _Unusual
+        out(opening + inner + _json_str(key) + ": ")
+        opening = ","
+        _dump(item, inner, out)
+    out(newline + "}")
+
+
+def _dump_list(items: list[object], newline: str, out: Callable[[str], None]) -> None:
+    if not items:
+        out("[]")
+        return
+    inner = newline + "  "
+    opening = "["
+    for item in items:
+        out(opening + inner)
+        opening = ","
+        _dump(item, inner, out)
+    out(newline + "]")
 
 
 #: The host JSON keys that say what the running module attests as, in their JSON order.
@@ -325,6 +397,10 @@ class Report:
             "host": host,
             "candidates": [c.to_json() for c in self.candidates or () if c.version == shown],
         }
+
+    def json_text(self) -> str:
+        """The document as ``--json`` prints it (``json.dumps(document, indent=2)``)."""
+        return dumps(self.document())
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
