@@ -46,69 +46,51 @@ class _Unusual(Exception):
 
 
 def dumps(doc: object) -> str:
-    """Exactly ``json.dumps(doc, indent=2)``, in about half the time for a large document.
+    """Exactly ``json.dumps(doc, indent=2)``, in about 0.6 of the time and memory for a large
+    document.
 
     The standard library encodes an indented document in pure Python through a generator per
-    nesting level; this writes the JSON types a document holds (dicts with string keys,
-    lists, strings, ints, finite floats, booleans, None) in one recursive pass with the C
-    string escaper. Anything else (another key type, NaN, a tuple, a subclass) is handed to
-    ``json.dumps``, which also gives its errors for what JSON cannot hold."""
-    parts: list[str] = []
+    nesting level and joins every token at the end (some 120,000 small strings for 2,000
+    releases). This writes the JSON types a document holds (dicts with string keys, lists,
+    strings, ints, finite floats, booleans, None) in one recursive pass with the C string
+    escaper, each container joined as it is finished. Anything else (another key type, NaN, a
+    tuple, a subclass) is handed to ``json.dumps``, which also gives its errors."""
     try:
-        _dump(doc, "\n", parts.append)
+        return _text(doc, "\n")
     except (_Unusual, RecursionError):
         return json.dumps(doc, indent=2)
-    return "".join(parts)
 
 
-def _dump(value: Any, newline: str, out: Callable[[str], None]) -> None:
+def _text(value: Any, newline: str) -> str:
     kind = type(value)
     if kind is str:
-        out(_json_str(value))
-    elif kind is dict:
-        _dump_dict(value, newline, out)
-    elif kind is list:
-        _dump_list(value, newline, out)
-    elif value is None:
-        out("null")
-    elif value is True:
-        out("true")
-    elif value is False:
-        out("false")
-    elif kind is int:
-        out(int.__repr__(value))
-    elif kind is float and value - value == 0:  # finite: NaN and infinities go to json
-        out(float.__repr__(value))
-    else:
-        raise _Unusual
-
-
-def _dump_dict(obj: dict[object, object], newline: str, out: Callable[[str], None]) -> None:
-    if not obj:
-        out("{}")
-        return
-    inner = newline + "  "
-    opening = "{"
-    for key, item in obj.items():
-        if type(key) is not str:
-            raise _Unusual
-        out(opening + inner + _json_str(key) + ": ")
-        opening = ","
-        _dump(item, inner, out)
-    out(newline + "}")
-
-
-def _dump_list(items: list[object], newline: str, out: Callable[[str], None]) -> None:
-    if not items:
-        out("[]")
-        return
-    inner = newline + "  "
-    opening = "["
-    for item in items:
-        out(opening + inner)
-        opening = ","
-        _dump(item, inner, out)
-    out(newline + "]")
+        return _json_str(value)
+    if kind is dict:
+        if not value:
+            return "{}"
+        inner = newline + "  "
+        items = []
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            items.append(_json_str(key) + ": " + _text(item, inner))
+        return "{" + inner + ("," + inner).join(items) + newline + "}"
+    if kind is list:
+        if not value:
+            return "[]"
+        inner = newline + "  "
+        return "[" + inner + ("," + inner).join([_text(v, inner) for v in value]) + newline + "]"
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0:  # finite: NaN and the infinities go to json
+        return float.__repr__(value)
+    raise _Unusual
 
 
 #: The host JSON keys that say what the running module attests as, in their JSON order.
