@@ -375,20 +375,25 @@ def bench_scale() -> None:
 
 def _peak_rss(cmd: list[str]) -> int:
     """Peak RSS in KiB of the tool run as ``cmd`` (best of 3): VmHWM of its own process, read
-    at exit (a reaped child's ru_maxrss would include the forked copy of this one)."""
+    at exit (a reaped child's ru_maxrss would include the forked copy of this one). ``cmd`` is
+    ``python -m tdxupdate ...`` or ``python SCRIPT ...`` (the stand-in)."""
+    run = (
+        "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+        if cmd[1] != "-m"
+        else "from tdxupdate.cli import main\nmain(sys.argv[1:])\n"
+    )
     code = (
         "import atexit, runpy, sys\n"
         "def report():\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith('VmHWM:'):\n"
         "            sys.stderr.write('HWM ' + line.split()[1] + '\\n')\n"
-        "atexit.register(report)\n"
-        "from tdxupdate.cli import main\n"
-        "main(sys.argv[1:])\n"
+        "atexit.register(report)\n" + run
     )
+    args = cmd[3:] if cmd[1] == "-m" else cmd[1:]
     best = 0
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code, *cmd[3:]], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         hwm = [int(ln.split()[1]) for ln in out.stderr.splitlines() if ln.startswith("HWM ")]
         if not hwm:
             raise RuntimeError(out.stderr)
@@ -402,13 +407,21 @@ def bench_rss() -> None:
     _compiled()
     with tempfile.TemporaryDirectory() as tmp:
         peaks = {}
+        stand_in = {}
         for n in (20, 2000):
             paths = repos.build(Path(tmp) / str(n), n)
-            peaks[n] = _peak_rss(_list_cmd(paths, Path(tmp) / str(n) / "cache", "--json"))
+            cmd = _list_cmd(paths, Path(tmp) / str(n) / "cache", "--json")
+            subprocess.run(cmd, check=True, capture_output=True)  # the verdicts a run leaves
+            peaks[n] = _peak_rss(cmd)
+            stand_in[n] = _peak_rss(_intel_cmd(paths))
+        per = (peaks[2000] - peaks[20]) * 1024 / 1980
+        base = (stand_in[2000] - stand_in[20]) * 1024 / 1980
         print(
             f"rss: --list --json peak {peaks[20] / 1024:.1f} MiB at 20 releases, "
             f"{peaks[2000] / 1024:.1f} MiB at 2,000 ({peaks[2000] / peaks[20]:.2f}x for 100x "
-            "the releases)"
+            f"the releases, {per / 1024:.1f} KiB a release); stand-in {stand_in[20] / 1024:.1f}"
+            f" / {stand_in[2000] / 1024:.1f} MiB ({stand_in[2000] / stand_in[20]:.2f}x, "
+            f"{base / 1024:.1f} KiB a release)"
         )
         small = Path(tmp) / "small.blob"
         small.write_bytes(make_image("1.5.24", module_pages=1))
