@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 
-def _write_stamp(path: str) -> None:
+def _write_stamp(path: str, when: float | None = None) -> None:
     with open(path, "w") as f:
-        f.write(repr(time.monotonic()))
+        f.write(repr(time.monotonic() if when is None else when))
 
 
 def main() -> int:
@@ -43,8 +43,9 @@ def main() -> int:
         (tdx / "version").write_text(target + "\n")
         remaining = int((tdx / "num_remaining_updates").read_text())
         (tdx / "num_remaining_updates").write_text(f"{remaining - 1}\n")
+        done = time.monotonic()  # before the flip: the tool may react before this thread runs on
         (upload / "status").write_text("idle\n")
-        _write_stamp(stamp)
+        _write_stamp(stamp, done)
 
     def fake_write(fd: int, data: bytes | memoryview) -> int:
         n = real_write(fd, data)

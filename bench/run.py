@@ -453,8 +453,10 @@ def _done_watch() -> None:
         flipped: list[float] = []
 
         def finish() -> None:
-            (d / "status").write_text("idle\n")
+            # the instant is taken first: the watch may see idle and return before this
+            # thread runs again
             flipped.append(time.perf_counter())
+            (d / "status").write_text("idle\n")
 
         for i in range(40):
             for name, content in {
