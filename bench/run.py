@@ -23,7 +23,9 @@ same run (never as absolute thresholds, and never inside the test suite).
 * ``rss``      — peak RSS of the whole process: ``--list`` at 20 and 2,000 releases, and
   ``--verify`` of a 3-page and of a 496-page image (flat means a ratio near 1).
 * ``done``     — kernel done to ``upload()`` returning: the status watch's reaction after the
-  (plain-file) kernel flips ``status`` to idle, over 40 updates at varied durations.
+  (plain-file) kernel flips ``status`` to idle, over 40 updates at varied durations; then kernel
+  done to process exit of a whole ``python -m tdxupdate --update`` (``bench/done_child.py``),
+  against a bare process exit measured the same way.
 * ``mapping``  — peak Python allocation (tracemalloc) while loading the costliest mapping files
   the loader's bounds let through, each at the 1 MiB cap (``tests/fuzz/shapes.py``), per byte
   read, against the same figure for Intel's own file; and the same hostile shape with the
@@ -373,20 +375,25 @@ def bench_scale() -> None:
 
 def _peak_rss(cmd: list[str]) -> int:
     """Peak RSS in KiB of the tool run as ``cmd`` (best of 3): VmHWM of its own process, read
-    at exit (a reaped child's ru_maxrss would include the forked copy of this one)."""
+    at exit (a reaped child's ru_maxrss would include the forked copy of this one). ``cmd`` is
+    ``python -m tdxupdate ...`` or ``python SCRIPT ...`` (the stand-in)."""
+    run = (
+        "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+        if cmd[1] != "-m"
+        else "from tdxupdate.cli import main\nmain(sys.argv[1:])\n"
+    )
     code = (
         "import atexit, runpy, sys\n"
         "def report():\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith('VmHWM:'):\n"
         "            sys.stderr.write('HWM ' + line.split()[1] + '\\n')\n"
-        "atexit.register(report)\n"
-        "from tdxupdate.cli import main\n"
-        "main(sys.argv[1:])\n"
+        "atexit.register(report)\n" + run
     )
+    args = cmd[3:] if cmd[1] == "-m" else cmd[1:]
     best = 0
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code, *cmd[3:]], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         hwm = [int(ln.split()[1]) for ln in out.stderr.splitlines() if ln.startswith("HWM ")]
         if not hwm:
             raise RuntimeError(out.stderr)
@@ -400,13 +407,21 @@ def bench_rss() -> None:
     _compiled()
     with tempfile.TemporaryDirectory() as tmp:
         peaks = {}
+        stand_in = {}
         for n in (20, 2000):
             paths = repos.build(Path(tmp) / str(n), n)
-            peaks[n] = _peak_rss(_list_cmd(paths, Path(tmp) / str(n) / "cache", "--json"))
+            cmd = _list_cmd(paths, Path(tmp) / str(n) / "cache", "--json")
+            subprocess.run(cmd, check=True, capture_output=True)  # the verdicts a run leaves
+            peaks[n] = _peak_rss(cmd)
+            stand_in[n] = _peak_rss(_intel_cmd(paths))
+        per = (peaks[2000] - peaks[20]) * 1024 / 1980
+        base = (stand_in[2000] - stand_in[20]) * 1024 / 1980
         print(
             f"rss: --list --json peak {peaks[20] / 1024:.1f} MiB at 20 releases, "
             f"{peaks[2000] / 1024:.1f} MiB at 2,000 ({peaks[2000] / peaks[20]:.2f}x for 100x "
-            "the releases)"
+            f"the releases, {per / 1024:.1f} KiB a release); stand-in {stand_in[20] / 1024:.1f}"
+            f" / {stand_in[2000] / 1024:.1f} MiB ({stand_in[2000] / stand_in[20]:.2f}x, "
+            f"{base / 1024:.1f} KiB a release)"
         )
         small = Path(tmp) / "small.blob"
         small.write_bytes(make_image("1.5.24", module_pages=1))
@@ -428,7 +443,7 @@ def bench_rss() -> None:
         )
 
 
-def bench_done() -> None:
+def _done_watch() -> None:
     import statistics
 
     reactions: list[float] = []
@@ -438,8 +453,10 @@ def bench_done() -> None:
         flipped: list[float] = []
 
         def finish() -> None:
-            (d / "status").write_text("idle\n")
+            # the instant is taken first: the watch may see idle and return before this
+            # thread runs again
             flipped.append(time.perf_counter())
+            (d / "status").write_text("idle\n")
 
         for i in range(40):
             for name, content in {
@@ -468,6 +485,55 @@ def bench_done() -> None:
         f" ms, max {max(reactions) * 1e3:.1f} ms over {len(reactions)} updates (the poll "
         f"schedule's bound: {uploader.MAX_POLL_INTERVAL * 1e3:.0f} ms)"
     )
+
+
+def _done_end_to_end(runs: int = 30) -> None:
+    """Kernel done -> process exit of a whole ``python -m tdxupdate --update`` (status watch,
+    version read-back, history fsync, metrics, JSON document, interpreter exit): the child
+    (``bench/done_child.py``) stamps CLOCK_MONOTONIC as its stand-in kernel finishes, this
+    process as it reaps the child. The baseline is the same measure around a bare exit."""
+    import statistics
+
+    from factories.hosts import build_host_tree
+
+    _compiled()
+    child = ROOT / "bench" / "done_child.py"
+    ours: list[float] = []
+    bare: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        repo = write_repo(d / "repo", {v: make_image(v) for v in ("1.5.06", "1.5.07")})
+        keys = d / "keys"
+        keys.write_text(test_key().fingerprint + "\n")
+        stamp = d / "flipped"
+        for i in range(runs + 1):
+            host = build_host_tree(d / f"host-{i}", seamldr="1.5.00")
+            busy = 0.05 + 0.55 * i / runs  # 50 ms to 0.6 s: every phase of the poll schedule
+            cmd = [
+                sys.executable, str(child), f"{busy:.4f}", str(stamp), "--",
+                "--update", "1.5.07", "--json", "--sysroot", str(host), "--repo", str(repo),
+                "--trusted-keys", str(keys), "--state-dir", str(d / "state"),
+                "--cache-dir", str(d / "cache"), "--metrics-file", str(d / "tdxupdate.prom"),
+            ]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True)
+            reaped = time.monotonic()
+            took = reaped - float(stamp.read_text())
+            subprocess.run([sys.executable, str(child), "exit", str(stamp)], check=True)
+            reaped = time.monotonic()
+            if i:  # the first run warms the page cache
+                ours.append(took)
+                bare.append(reaped - float(stamp.read_text()))
+    print(
+        f"done: kernel done -> process exit (--update end to end): median "
+        f"{statistics.median(ours) * 1e3:.1f} ms, max {max(ours) * 1e3:.1f} ms over {runs} "
+        f"updates; baseline, a bare process exit measured the same way: median "
+        f"{statistics.median(bare) * 1e3:.1f} ms"
+    )
+
+
+def bench_done() -> None:
+    _done_watch()
+    _done_end_to_end()
 
 
 BENCHES = {

@@ -26,7 +26,7 @@ import json
 import json.decoder
 import json.scanner
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,21 +386,15 @@ def _line(obj: object) -> int | None:
     return obj.line if isinstance(obj, _Located) else None
 
 
+_Bad = Callable[[object, str], None]
+
+
 def parse_tcb_info(text: str, path: Path) -> TcbInfo:
     """Intel's PCS v4 TDX TCB info (``{"tcbInfo": {…}, "signature": …}`` or the ``tcbInfo``
     object alone): ``tdxModuleIdentities[]`` each ``{"id": "TDX_01", "tcbLevels": [{"tcb":
     {"isvsvn": N}, "tcbStatus": "UpToDate", …}, …]}``. The signature is not checked: the file
     is the operator's, read like the configuration."""
-    try:
-        doc = _located_loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            [ConfigProblem(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}")]
-        ) from None
-    except RecursionError:
-        raise ConfigError(
-            [ConfigProblem(path, None, None, "invalid JSON: nested too deep")]
-        ) from None
+    doc = _tcb_json(text, path)
     problems: list[ConfigProblem] = []
 
     def bad(where: object, message: str) -> None:
@@ -418,45 +412,75 @@ def parse_tcb_info(text: str, path: Path) -> TcbInfo:
     if not isinstance(identities_raw, list):
         bad(info, "no tdxModuleIdentities list (a TDX tcbInfo of PCS API v4 has one)")
     else:
-        for index, ident in enumerate(identities_raw):
-            where = f"tdxModuleIdentities[{index}]"
-            if not isinstance(ident, dict):
-                bad(info, f"{where} is not an object")
-                continue
-            name = ident.get("id")
-            if not isinstance(name, str) or not _IDENTITY_RE.match(name):
-                bad(ident, f'{where}.id {name!r} is not a module identity like "TDX_01"')
-                continue
-            if name in identities:
-                bad(ident, f"{where}: identity {name} appears twice")
-                continue
-            levels_raw = ident.get("tcbLevels")
-            if not isinstance(levels_raw, list) or not levels_raw:
-                bad(ident, f"{where} ({name}) has no tcbLevels list")
-                continue
-            levels: list[TcbLevel] = []
-            for lindex, level in enumerate(levels_raw):
-                lwhere = f"{name} tcbLevels[{lindex}]"
-                if not isinstance(level, dict):
-                    bad(ident, f"{lwhere} is not an object")
-                    continue
-                tcb = level.get("tcb")
-                svn = tcb.get("isvsvn") if isinstance(tcb, dict) else None
-                if isinstance(svn, bool) or not isinstance(svn, int) or not 0 <= svn <= 255:
-                    bad(level, f"{lwhere}: tcb.isvsvn {svn!r} is not an integer 0 to 255")
-                    continue
-                status = level.get("tcbStatus")
-                if not isinstance(status, str) or not status:
-                    bad(level, f"{lwhere}: tcbStatus {status!r} is not a status name")
-                    continue
-                date = level.get("tcbDate")
-                levels.append(TcbLevel(svn, status, date if isinstance(date, str) else None))
-            levels.sort(key=lambda lv: lv.isvsvn, reverse=True)
-            identities[name] = tuple(levels)
+        identities = _tcb_identities(info, identities_raw, bad)
     if problems:
         raise ConfigError(problems)
     fmspc = info.get("fmspc")
     return TcbInfo(path, identities, fmspc if isinstance(fmspc, str) else None)
+
+
+def _tcb_json(text: str, path: Path) -> Any:
+    """The tcbInfo file's JSON, its objects located (78 naming the line when malformed)."""
+    try:
+        return _located_loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}")]
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            [ConfigProblem(path, None, None, "invalid JSON: nested too deep")]
+        ) from None
+
+
+def _tcb_identities(
+    info: dict[str, Any], identities_raw: list[Any], bad: _Bad
+) -> dict[str, tuple[TcbLevel, ...]]:
+    """``tdxModuleIdentities[]``: identity -> its levels; each problem goes to ``bad``."""
+    identities: dict[str, tuple[TcbLevel, ...]] = {}
+    for index, ident in enumerate(identities_raw):
+        where = f"tdxModuleIdentities[{index}]"
+        if not isinstance(ident, dict):
+            bad(info, f"{where} is not an object")
+            continue
+        name = ident.get("id")
+        if not isinstance(name, str) or not _IDENTITY_RE.match(name):
+            bad(ident, f'{where}.id {name!r} is not a module identity like "TDX_01"')
+            continue
+        if name in identities:
+            bad(ident, f"{where}: identity {name} appears twice")
+            continue
+        levels_raw = ident.get("tcbLevels")
+        if not isinstance(levels_raw, list) or not levels_raw:
+            bad(ident, f"{where} ({name}) has no tcbLevels list")
+            continue
+        identities[name] = _tcb_levels(name, ident, levels_raw, bad)
+    return identities
+
+
+def _tcb_levels(
+    name: str, ident: dict[str, Any], levels_raw: list[Any], bad: _Bad
+) -> tuple[TcbLevel, ...]:
+    """One identity's well-formed ``tcbLevels``, highest isvsvn first; each problem to ``bad``."""
+    levels: list[TcbLevel] = []
+    for lindex, level in enumerate(levels_raw):
+        lwhere = f"{name} tcbLevels[{lindex}]"
+        if not isinstance(level, dict):
+            bad(ident, f"{lwhere} is not an object")
+            continue
+        tcb = level.get("tcb")
+        svn = tcb.get("isvsvn") if isinstance(tcb, dict) else None
+        if isinstance(svn, bool) or not isinstance(svn, int) or not 0 <= svn <= 255:
+            bad(level, f"{lwhere}: tcb.isvsvn {svn!r} is not an integer 0 to 255")
+            continue
+        status = level.get("tcbStatus")
+        if not isinstance(status, str) or not status:
+            bad(level, f"{lwhere}: tcbStatus {status!r} is not a status name")
+            continue
+        date = level.get("tcbDate")
+        levels.append(TcbLevel(svn, status, date if isinstance(date, str) else None))
+    levels.sort(key=lambda lv: lv.isvsvn, reverse=True)
+    return tuple(levels)
 
 
 def load_tcb_info(path: Path) -> TcbInfo:

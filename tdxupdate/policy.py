@@ -9,7 +9,7 @@ does not fit this CPU; #7: silent reinstall) fixed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from tdxupdate.attestation import Allowlist, allowlist_problems
@@ -122,76 +122,104 @@ def evaluate_one(
 ) -> Candidate:
     """Every applicable reason token for one candidate, with a sentence for each."""
     found: dict[str, str] = {}
-    running = host.module_version
+    for problems in (
+        _presence_problems(version, release, image),
+        _version_problems(version, host.module_version),
+        _release_problems(version, release, host),
+        _image_problems(version, image, host, options),
+        _strict_problems(version, release, host.module_version, options),
+    ):
+        for token, sentence in problems:
+            found.setdefault(token, sentence)  # the first sentence for a token is the one kept
+    reasons = tuple(token for token in REASONS if token in found)
+    return Candidate(version, release, image, reasons, {t: found[t] for t in reasons})
 
-    def add(token: str, sentence: str) -> None:
-        found.setdefault(token, sentence)
 
+_Problems = Iterator[tuple[str, str]]
+
+
+def _presence_problems(
+    version: Version, release: Release | None, image: ImageFacts | None
+) -> _Problems:
+    """The mapping entry or the image is missing, or the image failed one of its checks."""
     if release is None:
-        add("not-in-mapping", f"{version} has an image but no entry in the mapping file")
+        yield "not-in-mapping", f"{version} has an image but no entry in the mapping file"
     if image is None:
-        add("image-missing", f"{version} is in the mapping file but the repository has no image")
-    else:
-        for check, detail in image.failures:
-            token = _CHECK_REASON.get(check)
-            if token is not None:
-                add(token, detail)
+        yield "image-missing", f"{version} is in the mapping file but the repository has no image"
+        return
+    for check, detail in image.failures:
+        token = _CHECK_REASON.get(check)
+        if token is not None:
+            yield token, detail
 
+
+def _version_problems(version: Version, running: Version) -> _Problems:
+    """The version is not a newer Z-stream of the running module."""
     if version.stream != running.stream:
-        add(
+        yield (
             "major-minor-mismatch",
             f"{version} is not a Z-stream of the running {running} "
             f"(needs {running.major}.{running.minor}.x)",
         )
     elif version < running:
-        add("older-than-running", f"{version} is older than the running {running} (no downgrades)")
+        yield "older-than-running", f"{version} is older than the running {running} (no downgrades)"
     elif version == running:
-        add("same-as-running", f"{version} is the running version")
+        yield "same-as-running", f"{version} is the running version"
 
-    if release is not None:
-        if running < release.min_td_preserving:
-            add(
-                "below-min-td-preserving",
-                f"{version} can only be installed while TDs run from "
-                f"{release.min_td_preserving} or newer; this host runs {running}",
-            )
-        if not seamldr_compatible(release.min_seamldr_versions, host.seamldr_version):
-            wanted = ", ".join(f"{v.major}.{v.minor}.x ≥ {v}" for v in release.min_seamldr_versions)
-            add(
-                "seamldr-incompatible",
-                f"{version} needs P-SEAMLDR {wanted}; this host runs {host.seamldr_version}",
-            )
 
-    if image is not None and image.parsed:
-        assert image.cpuid_table is not None
-        if host.cpu_signature is not None and _masked(host.cpu_signature) not in {
-            _masked(c) for c in image.cpuid_table
-        }:
-            table = ", ".join(f"{c:#x}" for c in image.cpuid_table) or "none"
-            add(
-                "cpu-unsupported",
-                f"{version} supports CPUs {table}; this CPU is {host.cpu_signature:#x}",
-            )
-        for token, sentence in binding_problems(version, image, host, options.releases):
-            add(token, sentence)
-        if image.is_debug and not options.allow_debug:
-            add("debug-module", f"{version} is debug-signed (allow with --allow-debug)")
-        for token, sentence in allowlist_problems(
-            version, image.seamsvn, image.mrseam, options.allowlist
-        ):
-            add(token, sentence)
+def _release_problems(version: Version, release: Release | None, host: HostView) -> _Problems:
+    """The mapping entry's requirements on the running module and P-SEAMLDR."""
+    if release is None:
+        return
+    running = host.module_version
+    if running < release.min_td_preserving:
+        yield (
+            "below-min-td-preserving",
+            f"{version} can only be installed while TDs run from "
+            f"{release.min_td_preserving} or newer; this host runs {running}",
+        )
+    if not seamldr_compatible(release.min_seamldr_versions, host.seamldr_version):
+        wanted = ", ".join(f"{v.major}.{v.minor}.x ≥ {v}" for v in release.min_seamldr_versions)
+        yield (
+            "seamldr-incompatible",
+            f"{version} needs P-SEAMLDR {wanted}; this host runs {host.seamldr_version}",
+        )
 
-    if options.strict_compat and release is not None:
-        listed = release.strict_compat_versions or ()
-        if running not in listed:
-            shown = ", ".join(str(v) for v in listed) or "none"
-            add(
-                "not-strict-compatible",
-                f"{version} is strictly compatible only from {shown}; this host runs {running}",
-            )
 
-    reasons = tuple(token for token in REASONS if token in found)
-    return Candidate(version, release, image, reasons, {t: found[t] for t in reasons})
+def _image_problems(
+    version: Version, image: ImageFacts | None, host: HostView, options: Options
+) -> _Problems:
+    """What a parsed image's header and sigstruct say: CPUs, binding, debug bit, allowlist."""
+    if image is None or not image.parsed:
+        return
+    assert image.cpuid_table is not None
+    if host.cpu_signature is not None and _masked(host.cpu_signature) not in {
+        _masked(c) for c in image.cpuid_table
+    }:
+        table = ", ".join(f"{c:#x}" for c in image.cpuid_table) or "none"
+        yield (
+            "cpu-unsupported",
+            f"{version} supports CPUs {table}; this CPU is {host.cpu_signature:#x}",
+        )
+    yield from binding_problems(version, image, host, options.releases)
+    if image.is_debug and not options.allow_debug:
+        yield "debug-module", f"{version} is debug-signed (allow with --allow-debug)"
+    yield from allowlist_problems(version, image.seamsvn, image.mrseam, options.allowlist)
+
+
+def _strict_problems(
+    version: Version, release: Release | None, running: Version, options: Options
+) -> _Problems:
+    """``--strict-compat``: the running version must be listed as strictly compatible."""
+    if not options.strict_compat or release is None:
+        return
+    listed = release.strict_compat_versions or ()
+    if running not in listed:
+        shown = ", ".join(str(v) for v in listed) or "none"
+        yield (
+            "not-strict-compatible",
+            f"{version} is strictly compatible only from {shown}; this host runs {running}",
+        )
 
 
 def pinned(version: Version, image: ImageFacts, table: ReleaseTable | None) -> bool:

@@ -12,6 +12,11 @@ from typing import NamedTuple
 
 _VERSION_RE = re.compile(r"^\s*(\d{1,5})\.(\d{1,5})\.(\d{1,5})\s*$")
 
+#: text -> its Version: a mapping file of n releases spells the same few minimum versions n
+#: times over. Bounded, so hostile input cannot grow it without limit.
+_PARSED: dict[str, Version] = {}
+_PARSED_LIMIT = 4096
+
 
 class Version(NamedTuple):
     major: int
@@ -21,13 +26,22 @@ class Version(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Version:
         """Parse ``M.m.u`` (surrounding whitespace and a trailing newline allowed)."""
+        if cls is Version and type(text) is str:
+            known = _PARSED.get(text)
+            if known is not None:
+                return known
         if not isinstance(text, str):
             raise ValueError(f"expected a version string, got {type(text).__name__}")
         m = _VERSION_RE.match(text)
         if m is None:
             shown = text.strip() if text.strip() else repr(text)
             raise ValueError(f"{shown!s} is not a version of the form major.minor.update")
-        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        version = cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        if cls is Version and type(text) is str:
+            if len(_PARSED) >= _PARSED_LIMIT:
+                _PARSED.clear()
+            _PARSED[text] = version
+        return version
 
     @property
     def stream(self) -> tuple[int, int]:

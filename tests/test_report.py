@@ -4,6 +4,7 @@ the published output schema names for it, and the document keeps its key order."
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -211,3 +212,75 @@ def test_warnings_are_kept_once_and_shown_live_once() -> None:
 
 def test_the_dead_exit_code_is_gone() -> None:
     assert "exit_code" not in names(Report)
+
+
+@pytest.mark.parametrize("shown", ["1.5.06", "1.5.6\n"])
+def test_attestation_input_holds_the_running_versions_candidates_only(shown: str) -> None:
+    from tdxupdate.attestation import running_values
+
+    doc = Report("list", host=host())
+    assert doc.host is not None
+    doc.host.module_version = shown
+    running = candidate("1.5.06")
+    running.mrseam = "cd" * 48
+    doc.candidates = [candidate("1.5.09"), running, candidate("1.5.07")]
+    given = doc.attestation_input()
+    assert given["host"] == doc.host.to_json()
+    assert given["candidates"] == [running.to_json()]
+    # what running_values makes of it is what it makes of every candidate
+    everything = {"host": doc.host.to_json(), "candidates": doc.candidates_json()}
+    assert running_values(given) == running_values(everything)
+    doc.host.module_version = None
+    assert doc.attestation_input()["candidates"] == []
+
+
+ODD_VALUES: list[Any] = [
+    {},
+    [],
+    "",
+    0,
+    -7,
+    2**70,
+    1.5,
+    -0.0,
+    1e300,
+    None,
+    True,
+    False,
+    'é\n"\\\t\u2028 \U0001f600',
+    {"a": [], "b": {}, "c": [[], [{}], {"d": None}]},
+    [1, [2, [3, [4]]], {"x": {"y": {"z": "w"}}}],
+    float("nan"),
+    float("inf"),
+    {"n": -float("inf")},
+    {1: "int key"},
+    {None: 1, True: 2, 2.5: 3},
+    (1, 2),
+    {"t": ("a", ["b"])},
+]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
+def test_dumps_is_json_dumps_indent_2(value: Any) -> None:
+    from tdxupdate.report import dumps
+
+    assert dumps(value) == json.dumps(value, indent=2)
+
+
+def test_dumps_gives_json_dumps_errors() -> None:
+    from tdxupdate.report import dumps
+
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        dumps(loop)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps({"a": object()})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps({"a": UNSET})
+
+
+def test_a_reports_json_text_is_its_document_indented() -> None:
+    doc = Report("list", host=host(), candidates=[candidate("1.5.09"), candidate("1.5.07")])
+    doc.warn("non-intel-signer", "signed by another key")
+    assert doc.json_text() == json.dumps(doc.document(), indent=2)
