@@ -201,7 +201,8 @@ def bench_memory() -> None:
     out = imagebuild.convert(data, FORMAT_B)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert v.ok and len(out) > 0
+    assert v.ok
+    assert len(out) > 0
     print(
         f"memory: peak Python allocation {peak / 1e6:.2f} MB verifying and converting a "
         f"{len(data) / 1e6:.2f} MB image ({peak / len(data):.2f}x the image; the converted "

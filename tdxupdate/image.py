@@ -290,14 +290,17 @@ class ImageInfo:
 
 
 #: Parsed heads kept by the digest of the exact bytes they describe (a head and its size): a
-#: second look at the same bytes in one process reuses the parse, and different bytes (an image
-#: replaced between two reads) never meet it. Bounded; cleared when full.
-_MEMO_LIMIT = 8192
+#: second look at the same bytes in one process (an update's candidate, then its verification)
+#: reuses the parse, and different bytes (an image replaced between two reads) never meet it.
+#: Bounded, so a listing of thousands of releases does not keep every sigstruct alive: cleared
+#: when full.
+_INSPECTED_LIMIT = 256
 _inspected: dict[tuple[bytes, int], ImageInfo] = {}
 
 
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(memo) >= _MEMO_LIMIT:
+def remember(memo: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Keep ``value`` in a per-process memo of at most ``limit`` entries (cleared when full)."""
+    if len(memo) >= limit:
         memo.clear()
     memo[key] = value
 
@@ -316,7 +319,7 @@ def inspect(head: bytes | bytearray | memoryview, size: int) -> ImageInfo:
     info = _inspected.get(key)
     if info is None:
         info = _parse_head(view, size)
-        _remember(_inspected, key, info)
+        remember(_inspected, key, info, _INSPECTED_LIMIT)
     return info
 
 

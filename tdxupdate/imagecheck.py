@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
 from tdxupdate import verdicts
 from tdxupdate.errors import InvalidImage
@@ -33,6 +32,7 @@ from tdxupdate.image import (
     Sigstruct,
     checksum16,
     inspect_image,
+    remember,
     signed_message,
 )
 from tdxupdate.signing import emsa_pkcs1_v15_sha384
@@ -104,14 +104,8 @@ class Verification:
 #: Signature verdicts kept by the digest of the exact sigstruct they judge: a second look at the
 #: same bytes in one process reuses the verdict, and different bytes (an image replaced between
 #: two reads) never meet it. Bounded; cleared when full.
-_MEMO_LIMIT = 8192
+_SIGNATURE_CHECKS_LIMIT = 8192
 _signature_checks: dict[bytes, Check] = {}
-
-
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    memo[key] = value
 
 
 def _decode_signature(sig: Sigstruct) -> bytes | None:
@@ -145,7 +139,7 @@ def _signature_check(sig: Sigstruct, *, reuse_verdicts: bool = True) -> Check:
     if store is not None and store.known("signature", sig.raw, sig.modulus, sig.signature):
         return _signature_ok(_expected_block(sig))
     check = _compute_signature_check(sig)
-    _remember(_signature_checks, key, check)
+    remember(_signature_checks, key, check, _SIGNATURE_CHECKS_LIMIT)
     if store is not None and check.ok:
         store.add("signature", sig.raw, sig.modulus, sig.signature)
     return check

@@ -125,7 +125,8 @@ def require_policy_facts(facts: _host.HostFacts) -> policy.HostView:
     for check in ("module-version", "seamldr-version", "cpu-signature"):
         if not facts.check(check).ok:
             raise check_error(facts, check)
-    assert facts.module_version is not None and facts.seamldr_version is not None
+    assert facts.module_version is not None
+    assert facts.seamldr_version is not None
     return policy.HostView(facts.module_version, facts.seamldr_version, facts.cpu_signature)
 
 

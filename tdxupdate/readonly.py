@@ -97,7 +97,8 @@ def run_reference_values(settings: Settings, report: Report) -> None:
     """What a verifier's allowlist needs, for the running module and for the module
     ``--update`` would install (the same choice, without a lock or a write)."""
     _facts, view, _inventory, candidates = _inv.build_candidates(settings, report)
-    assert report.host is not None and report.candidates is not None
+    assert report.host is not None
+    assert report.candidates is not None
     running = attestation.running_values(report.attestation_input())
     decision = policy.choose(candidates, view.module_version, None)
     target: dict[str, Any] | None = None

@@ -163,7 +163,9 @@ class RsaKey:
                 raise ValueError(f"RSA key: $.{name}: {value!r} is not a hex number") from None
 
         n, e, d = number("n"), number("e"), number("d")
-        assert n is not None and e is not None and d is not None
+        assert n is not None
+        assert e is not None
+        assert d is not None
         p, q = number("p", False), number("q", False)
         if (p is None) != (q is None) or (p is not None and q is not None and p * q != n):
             raise ValueError("RSA key: p and q must both be given and multiply to n")
