@@ -170,20 +170,35 @@ def _write_repo(target: Path, key: RsaKey) -> None:
         folder = target / "joined_files" / f"{version.major}.{version.minor}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"tdx_module_{version}.blob").write_bytes(image)
-    marker = {"layout": LAYOUT_VERSION, "fingerprint": key.fingerprint, "spec": _spec_digest()}
-    (target / _MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    (target / _MARKER).write_text(json.dumps(_marker(key, _contents(target))) + "\n", "utf-8")
 
 
-def _is_current(repo: Path, key: RsaKey) -> bool:
-    try:
-        marker: object = json.loads((repo / _MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return marker == {
+def _marker(key: RsaKey, files: dict[str, str]) -> dict[str, object]:
+    return {
         "layout": LAYOUT_VERSION,
         "fingerprint": key.fingerprint,
         "spec": _spec_digest(),
+        "files": files,
     }
+
+
+def _contents(repo: Path) -> dict[str, str]:
+    """Every file of the repository but the marker, by path: its SHA-256."""
+    return {
+        path.relative_to(repo).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(repo.rglob("*"))
+        if path.is_file() and path.name != _MARKER
+    }
+
+
+def _is_current(repo: Path, key: RsaKey) -> bool:
+    """The repository is the one this key and this spec make, file for file: a changed,
+    missing or extra file (a damaged disk, a hand edit) means it is generated again."""
+    try:
+        marker: object = json.loads((repo / _MARKER).read_text(encoding="utf-8"))
+        return marker == _marker(key, _contents(repo))
+    except (OSError, ValueError):
+        return False
 
 
 def is_cached(cache_dir: Path) -> bool:
