@@ -307,7 +307,7 @@ def _signature(value: Any, what: str) -> int:
 def _remaining(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"remaining: {value!r} is not a number")
-    number = int(value)
+    number = _int(value, "remaining")
     if not 0 <= number <= 0xFFFFFFFF:
         raise ValueError(f"remaining: {value!r} is out of range")
     return number

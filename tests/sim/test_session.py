@@ -243,15 +243,7 @@ def test_an_unknown_profile_is_a_usage_error_before_anything_is_made(
     ("override", "detail"),
     [
         ({"bogus": 1}, "unknown emulator setting 'bogus'"),
-        pytest.param(
-            {"remaining": "many"},
-            "remaining",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="SimConfig's remaining setting lets int()'s own ValueError through: "
-                "the message does not name the setting",
-            ),
-        ),
+        ({"remaining": "many"}, "remaining: 'many' is not a number"),
         ({"online": "0-9"}, "not all present"),
     ],
 )
