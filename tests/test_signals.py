@@ -192,3 +192,22 @@ def test_ignore_until_exit_ignores_exactly_the_trapped_signals(pristine: dict[in
         restore()
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is pristine[signal.SIGTERM]
+
+
+@pytest.mark.usefixtures("installed")
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason="critical() drops a held signal when its block ends with an exception: the "
+    "signal, which came first, is neither raised nor left recorded, so a caller that handles "
+    "the exception runs on as if the signal never arrived",
+)
+def test_a_signal_held_in_a_critical_block_that_fails_is_not_lost() -> None:
+    def fails_after_a_signal() -> None:
+        with signals.critical():
+            _kill(signal.SIGTERM)
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(Interrupted) as caught:
+        fails_after_a_signal()
+    assert caught.value.signum == signal.SIGTERM
