@@ -192,3 +192,20 @@ def test_truncation_by_a_timeout_names_it_and_copes_without_a_length() -> None:
     assert netfail.truncation(exc, 5, None, Tuning(read_timeout=3), HOST) == (
         "body truncated: received 5 bytes (read timed out: no data for 3 s)"
     )
+
+
+def test_the_chain_follows_wrapped_args_and_urllib3_reasons() -> None:
+    # requests raises ConnectionError(MaxRetryError(...)) without chaining: the cause is in
+    # args, and urllib3 keeps its own in ``reason``.
+    inner = ConnectionRefusedError(111, "Connection refused")
+    retries = u3.MaxRetryError(None, "/repo/mapping_file.json", reason=inner)  # type: ignore[arg-type]
+    exc = requests.exceptions.ConnectionError(retries)
+    chain = netfail._exception_chain(exc)
+    assert chain[0] is exc
+    assert retries in chain
+    assert inner in chain
+    timeout = u3.ConnectTimeoutError(None, "timed out")
+    wrapped = requests.exceptions.ConnectionError(
+        u3.MaxRetryError(None, "/x", reason=timeout)  # type: ignore[arg-type]
+    )
+    assert _describe(wrapped) == ("connection timed out after 5 s", True)
