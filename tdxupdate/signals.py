@@ -125,7 +125,13 @@ def holding() -> Iterator[list[int]]:
     def record(signum: int, _frame: object) -> None:
         received.append(signum)
 
-    previous = {s: signal.signal(s, record) for s in TERMINATING_SIGNALS}
+    previous: dict[int, Any] = {}
+    for signum in TERMINATING_SIGNALS:
+        old = signal.getsignal(signum)
+        if old is signal.SIG_IGN:
+            continue  # ignored stays ignored, as under install()
+        previous[signum] = old if old is not None else signal.SIG_DFL
+        signal.signal(signum, record)
     try:
         yield received
     finally:
@@ -150,5 +156,7 @@ def critical() -> Iterator[None]:
         _holding = False
         arrived = _held[start:]
         del _held[start:]
-    if arrived:
-        _handler(arrived[0], None)
+        if arrived:
+            # Raised even when the block itself failed: the signal wins (the block's error
+            # stays attached as the context), as it would have a moment later.
+            _handler(arrived[0], None)

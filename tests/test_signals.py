@@ -195,13 +195,6 @@ def test_ignore_until_exit_ignores_exactly_the_trapped_signals(pristine: dict[in
 
 
 @pytest.mark.usefixtures("installed")
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="critical() drops a held signal when its block ends with an exception: the "
-    "signal, which came first, is neither raised nor left recorded, so a caller that handles "
-    "the exception runs on as if the signal never arrived",
-)
 def test_a_signal_held_in_a_critical_block_that_fails_is_not_lost() -> None:
     def fails_after_a_signal() -> None:
         with signals.critical():
@@ -211,3 +204,14 @@ def test_a_signal_held_in_a_critical_block_that_fails_is_not_lost() -> None:
     with pytest.raises(Interrupted) as caught:
         fails_after_a_signal()
     assert caught.value.signum == signal.SIGTERM
+    assert isinstance(caught.value.__context__, OSError)  # the block's own error, kept
+
+
+def test_holding_without_install_leaves_ignored_signals_ignored(pristine: dict[int, Any]) -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with signals.holding() as received:
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        _kill(signal.SIGHUP)  # ignored: not recorded either
+        _kill(signal.SIGTERM)
+    assert received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
