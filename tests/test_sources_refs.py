@@ -64,6 +64,7 @@ def test_is_url(text: str, expected: bool) -> None:
         ("file:///srv/repo", Path("/srv/repo")),
         ("file:///srv/my%20repo", Path("/srv/my repo")),
         ("FILE:///srv/repo", Path("/srv/repo")),
+        ("file://localhost/srv/repo", Path("/srv/repo")),
     ],
 )
 def test_local_path_of_a_path_or_file_url(text: str, expected: Path) -> None:
@@ -79,6 +80,11 @@ def test_a_malformed_file_url_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"^file://\[::1/x: malformed URL \(") as caught:
         refs.local_path("file://[::1/x")
     assert caught.value.exit_code == 64
+
+
+def test_a_file_url_naming_another_host_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"^file://mirror/srv/repo: a file URL names this host"):
+        refs.local_path("file://mirror/srv/repo")
 
 
 def test_image_ref_is_a_frozen_value() -> None:

@@ -69,5 +69,9 @@ def local_path(text: str) -> Path | None:
             raise UsageError(f"{text}: malformed URL ({exc})") from None
         return None  # a web URL: reported, with its option, where it is opened
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            # file://host/path names a file on another machine (RFC 8089); reading the local
+            # /path instead would load a different repository than the one named.
+            raise UsageError(f"{text}: a file URL names this host only (file:///path)")
         return Path(unquote(parsed.path))
     return None
