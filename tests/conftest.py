@@ -1,5 +1,6 @@
 """Shared pytest fixtures (factories live in tests/factories/)."""
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from factories import netguard
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
 
-from tdxupdate import verdicts
+from tdxupdate import signals, verdicts
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,22 @@ def _no_real_verdict_store(_verdict_dir: Path) -> Iterator[None]:
         yield
     finally:
         verdicts.default_dir = real
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_signal_dispositions() -> Iterator[None]:
+    """The suite runs with the dispositions a terminal gives: a signal ignored at entry stays
+    ignored under tdxupdate (the nohup convention, tested in test_signals.py), so a suite
+    started under ``nohup`` or by a runner that ignores SIGHUP would otherwise see the tests
+    that deliver it fail. Subprocesses inherit the reset."""
+    ignored = [s for s in signals.TERMINATING_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]
+    for signum in ignored:
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session", autouse=True)
