@@ -1,5 +1,6 @@
 """Shared pytest fixtures (factories live in tests/factories/)."""
 
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 from factories import netguard
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
 
-from tdxupdate import signals, verdicts
+from tdxupdate import lock, signals, verdicts
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,32 @@ def _default_signal_dispositions() -> Iterator[None]:
     finally:
         for signum in ignored:
             signal.signal(signum, signal.SIG_IGN)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_host_lock_left_behind() -> Iterator[None]:
+    """Every emulated host a test updates takes its lock and fence under /run/tdxupdate (keyed
+    by its upload directory, so they never meet this machine's own); the session removes the
+    ones it made, and never the real interface's."""
+    run = lock.HOST_LOCK_DIR
+    real = lock.interface_key(Path("/sys/class/firmware/tdx_module"))
+    before = set(_names(run))
+    yield
+    for name in set(_names(run)) - before:
+        if real in name:
+            continue
+        path = run / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return [p.name for p in directory.iterdir()]
+    except OSError:
+        return []
 
 
 @pytest.fixture(scope="session", autouse=True)
