@@ -9,7 +9,8 @@ import pytest
 from factories import netguard
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
 
-from tdxupdate import lock, signals, verdicts
+from tdxupdate import lock, verdicts
+from tdxupdate.errors import TERMINATING_SIGNALS
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def _default_signal_dispositions() -> Iterator[None]:
     ignored under tdxupdate (the nohup convention, tested in test_signals.py), so a suite
     started under ``nohup`` or by a runner that ignores SIGHUP would otherwise see the tests
     that deliver it fail. Subprocesses inherit the reset."""
-    ignored = [s for s in signals.TERMINATING_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]
+    ignored = [s for s in TERMINATING_SIGNALS if signal.getsignal(s) is signal.SIG_IGN]
     for signum in ignored:
         signal.signal(signum, signal.SIG_DFL)
     try:
