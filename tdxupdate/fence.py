@@ -50,6 +50,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,20 @@ def fence_dir(upload_dir: Path) -> Path:
 
 
 _CASES = fsio.cases((fsio.DENIED + fsio.READ_ONLY, PermissionDenied, "permission denied"))
+
+
+def forget(upload_dir: Path) -> None:
+    """Remove what /run/tdxupdate holds for ``upload_dir``, its host lock and its fence with
+    any registration in it, once that interface is gone for good: an emulated host this
+    process mounted (``--simulate``, the tests), each under a path of its own, would otherwise
+    leave two entries per run until the next boot. Never for a real interface: a registrant
+    waiting on the fence would lose it. Call it while the interface is still there (the key is
+    of its resolved path). Best effort; never raises."""
+    with contextlib.suppress(OSError):
+        lock.host_lock_path(upload_dir).unlink(missing_ok=True)
+    directory = fence_dir(upload_dir)
+    if directory.is_dir() and not directory.is_symlink():
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _error(exc: OSError, path: Path, doing: str) -> TdxError:

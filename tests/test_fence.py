@@ -227,6 +227,35 @@ def test_the_fence_directory_is_roots_and_keyed_like_the_host_lock(upload_dir: P
     assert doc["name"] == "td1"
 
 
+def test_forget_removes_the_interfaces_lock_and_fence_and_nothing_else(upload_dir: Path) -> None:
+    """What an emulated host leaves under /run/tdxupdate goes with it (fence.forget)."""
+    other = upload_dir.parent / "seamldr_upload"
+    other.mkdir()
+    for interface in (upload_dir, other):
+        lock.acquire_host(interface).release()
+        fence.register(interface, "td1")
+    run = lock.HOST_LOCK_DIR
+    assert len(list(run.iterdir())) == 4
+    fence.forget(upload_dir)
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [lock.host_lock_path(other).name, fence.fence_dir(other).name]
+    )
+    assert [r.name for r in fence.registrations(other)] == ["td1"]
+    fence.forget(upload_dir)  # nothing left to remove: not an error
+
+
+def test_forget_never_follows_a_symlink_in_place_of_the_fence(
+    upload_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("kept")
+    lock.HOST_LOCK_DIR.mkdir(mode=0o700)
+    fence.fence_dir(upload_dir).symlink_to(elsewhere)
+    fence.forget(upload_dir)
+    assert (elsewhere / "precious").read_text() == "kept"
+
+
 def test_fences_of_two_upload_interfaces_are_independent(
     upload_dir: Path, holders: Callable[..., Holder]
 ) -> None:

@@ -19,6 +19,7 @@ import pytest
 from factories.sim import require_fuse
 
 from sim.helpers import TDX_HOST, image, mounts_under, read, read_errno, upload, upload_dir
+from tdxupdate import fence, lock
 from tdxupdate.errors import IOFailure, TdxError, UsageError
 from tdxupdate.hostfiles import cpu_signature_from_cpuinfo
 from tdxupdate.sim import mount as sim_mount
@@ -168,6 +169,24 @@ def test_a_given_workdir_is_kept_and_only_the_mount_point_removed(
     assert sorted(p.name for p in workdir.iterdir()) == ["mine"]
     assert list(temp_root.iterdir()) == []  # no temporary directory was made
     assert gone(host.pid)
+
+
+@pytest.mark.fuse
+@pytest.mark.usefixtures("fuse")
+def test_the_host_lock_and_fence_of_the_hosts_interface_go_with_it(
+    temp_root: Path, sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each session's host has a path of its own: what an update of it left under
+    /run/tdxupdate would otherwise stay there, two entries a run, until the next boot."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(lock, "HOST_LOCK_DIR", run)
+    with simulated_host(cache_dir=sim_cache) as host:
+        interface = upload_dir(host)
+        lock.acquire_host(interface).release()
+        fence.register(interface, "td1")
+        assert len(list(run.iterdir())) == 2
+    assert list(run.iterdir()) == []
+    assert_torn_down(host, temp_root)
 
 
 @pytest.mark.fuse
