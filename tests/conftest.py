@@ -1,6 +1,5 @@
 """Shared pytest fixtures (factories live in tests/factories/)."""
 
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 from factories import netguard
 from factories.sim import sample_repo, sim, sim_cache  # noqa: F401
 
-from tdxupdate import lock, verdicts
+from tdxupdate import fence, verdicts
 from tdxupdate.errors import TERMINATING_SIGNALS
 
 
@@ -47,29 +46,14 @@ def _default_signal_dispositions() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_host_lock_left_behind() -> Iterator[None]:
-    """Every emulated host a test updates takes its lock and fence under /run/tdxupdate (keyed
-    by its upload directory, so they never meet this machine's own); the session removes the
-    ones it made, and never the real interface's."""
-    run = lock.HOST_LOCK_DIR
-    real = lock.interface_key(Path("/sys/class/firmware/tdx_module"))
-    before = set(_names(run))
+def _no_host_lock_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every emulated host a test updates takes its lock and fence under /run/tdxupdate, keyed
+    by its upload directory. The session removes those of the host trees in its own temporary
+    tree (an emulator removes its own as it unmounts), and nothing else: not the real
+    interface's, not those of another test session running on this machine at the same time."""
     yield
-    for name in set(_names(run)) - before:
-        if real in name:
-            continue
-        path = run / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _names(directory: Path) -> list[str]:
-    try:
-        return [p.name for p in directory.iterdir()]
-    except OSError:
-        return []
+    for upload_dir in tmp_path_factory.getbasetemp().glob("**/sys/class/firmware/*"):
+        fence.forget(upload_dir)
 
 
 @pytest.fixture(scope="session", autouse=True)
