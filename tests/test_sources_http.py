@@ -67,6 +67,9 @@ class _TrickleHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if path in server.slow_headers:
+            self._trickle_headers(data)
+            return
         self.send_response(200)  # Range ignored: the whole file, as a simple server does
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
@@ -87,6 +90,27 @@ class _TrickleHandler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client gave up: that is the point
 
+    def _trickle_headers(self, data: bytes) -> None:
+        """The status line and headers one byte per ``interval`` (a long header among them, so
+        they alone take far longer than HANG_GUARD), then the body at once."""
+        server = self.server
+        self.close_connection = True
+        head = (
+            f"HTTP/1.1 200 OK\r\nX-Padding: {'p' * 400}\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        try:
+            for i in range(len(head)):
+                if server.stopping.wait(server.interval):
+                    return
+                self.wfile.write(head[i : i + 1])
+                self.wfile.flush()
+                with server.lock:
+                    server.sent[self.path] = server.sent.get(self.path, 0) + 1
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            pass
+
 
 class _TrickleServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -96,6 +120,7 @@ class _TrickleServer(ThreadingHTTPServer):
         self.context = context
         self.files: dict[str, bytes] = {}
         self.trickle: set[str] = set()
+        self.slow_headers: set[str] = set()
         self.interval = 0.2
         self.sent: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -119,10 +144,14 @@ class TrickleMirror:
         self.url = f"https://127.0.0.1:{self._server.server_address[1]}/"
         self._thread = ServerThread(self._server, self._server.stopping)
 
-    def put(self, path: str, data: bytes, *, trickle: bool = False) -> None:
+    def put(
+        self, path: str, data: bytes, *, trickle: bool = False, slow_headers: bool = False
+    ) -> None:
         self._server.files[path] = data
         if trickle:
             self._server.trickle.add(path)
+        if slow_headers:
+            self._server.slow_headers.add(path)
 
     def sent(self, path: str) -> int:
         with self._server.lock:
@@ -261,6 +290,57 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
     assert "\n" not in message
     # the bytes of the chunk the watchdog cut short are counted too
     assert int(message[len(prefix) :].split()[0]) > 0
+
+
+@pytest.fixture
+def slow_headers(ca: trustme.CA) -> Iterator[TrickleMirror]:
+    """The mapping's status line and headers trickle (its body would then come at once)."""
+    with TrickleMirror(ca) as mirror:
+        mirror.put(MAPPING, _mapping(), slow_headers=True)
+        mirror.put(BLOB, make_image(VERSION))
+        yield mirror
+
+
+def _catalog_of(mirror: TrickleMirror, bundle: Path, tmp_path: Path, tuning: Tuning) -> object:
+    with open_remote(
+        mirror.url,
+        None,
+        MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
+    ) as repo:
+        return repo.catalog()
+
+
+def test_trickled_headers_are_cut_at_the_request_deadline(
+    slow_headers: TrickleMirror, bundle: Path, tmp_path: Path
+) -> None:
+    """Before the headers are in there is no socket to shut: the read timeout alone, which
+    starts again with every byte, let a mirror hold the run for as long as it liked."""
+    tuning = small(retries=0, request_deadline=1.0, run_deadline=30.0)
+    with pytest.raises(TdxError) as caught:
+        bounded(lambda: _catalog_of(slow_headers, bundle, tmp_path, tuning))
+    assert caught.value.code == "network-error"
+    assert caught.value.message == (
+        f"{slow_headers.url}mapping_file.json: gave up after 1 s (the mirror had not sent its "
+        "response headers in that time)"
+    )
+    assert slow_headers.sent(MAPPING) > 0
+    assert store(tmp_path / "cache", "mappings") == []
+
+
+def test_trickled_headers_are_retried_then_given_up_at_the_run_deadline(
+    slow_headers: TrickleMirror, bundle: Path, tmp_path: Path
+) -> None:
+    sleeps: list[float] = []
+    tuning = small(sleep=sleeps.append)
+    with pytest.raises(TdxError) as caught:
+        bounded(lambda: _catalog_of(slow_headers, bundle, tmp_path, tuning))
+    assert caught.value.code == "network-error"
+    assert caught.value.message.startswith(
+        f"{slow_headers.url}mapping_file.json: gave up after 1.5 s, the time one run may spend "
+        "on the network"
+    )
+    assert caught.value.message.endswith(" (after 2 attempts)")
+    assert sleeps == [0.05]
 
 
 def test_a_trickling_image_leaves_nothing_in_the_cache(
@@ -495,3 +575,55 @@ def test_the_trust_store_in_use_is_named_when_it_is_not_the_systems() -> None:
     assert trust_store(None, {"CURL_CA_BUNDLE": "/x.pem"}) == "CURL_CA_BUNDLE=/x.pem"
     env = {"REQUESTS_CA_BUNDLE": "/r.pem", "CURL_CA_BUNDLE": "/c.pem"}
     assert trust_store(None, env) == "REQUESTS_CA_BUNDLE=/r.pem"
+
+
+# ---------------------------------------------------------------------------------------------
+# Up to the headers: the request in a worker, given up at the deadline
+
+
+class _Late:
+    """A response that arrives after the caller gave up on it."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _deadline(seconds: float) -> Any:
+    import time
+
+    from tdxupdate.sources import http as transport
+
+    return transport._Deadline(time.monotonic() + seconds, run=False, clock=time.monotonic)
+
+
+def test_within_returns_the_response_and_raises_what_the_request_raised() -> None:
+    from tdxupdate.sources import http as transport
+
+    answer: Any = _Late()
+    assert transport._within(_deadline(5), lambda: answer) is answer
+
+    def refused() -> Any:
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(ConnectionRefusedError, match="refused"):
+        transport._within(_deadline(5), refused)
+
+
+def test_within_gives_up_at_the_deadline_and_closes_a_response_that_comes_later() -> None:
+    from tdxupdate.sources import http as transport
+
+    release = threading.Event()
+    late = _Late()
+
+    def stalled() -> Any:
+        release.wait(HANG_GUARD)
+        return late
+
+    with pytest.raises(transport._DeadlinePassed) as caught:
+        transport._within(_deadline(0.2), stalled)
+    assert (caught.value.in_headers, caught.value.received, caught.value.run) == (True, 0, False)
+    release.set()
+    assert late.closed.wait(HANG_GUARD), "the abandoned response was never closed"

@@ -7,10 +7,12 @@ the repository built on it.
 Transport rules: one ``requests.Session``; connect and read timeouts; retries with exponential
 backoff on connection failures, timeouts, truncated bodies and HTTP 429/5xx, honouring
 ``Retry-After``; two deadlines the read timeout alone cannot give (a mirror sending one byte every
-few seconds never trips it): one per attempt, body included, and one for all the requests, retries
-and waits of a run, after which the mirror is given up (``network-error``; a watchdog shuts the
-socket when a deadline passes inside a blocking read, the socket timeouts never exceed the time
-left, and no wait between retries reaches past the run's deadline); TLS verification always on
+few seconds never trips it): one per attempt, from the TLS handshake through the headers to the
+last body byte, and one for all the requests, retries and waits of a run, after which the mirror
+is given up (``network-error``; a request that has not got its headers by the deadline is
+abandoned, a watchdog shuts the socket when a deadline passes inside a blocking read of the body,
+the socket timeouts never exceed the time left, and no wait between retries reaches past the
+run's deadline); TLS verification always on
 (``--ca-bundle`` adds an internal CA); proxies from the environment (``HTTPS_PROXY``,
 ``NO_PROXY``); ``Accept-Encoding: identity`` so lengths and ranges are byte-exact. Plain ``http``
 is refused unless ``--allow-insecure-http`` (:mod:`tdxupdate.sources.mirror` says why), also
@@ -276,6 +278,12 @@ class HttpClient:
                         f"in {_seconds(clock() - started)} s)",
                         retryable=False,
                     )
+                elif exc.in_headers:
+                    failure = NetworkFailure(
+                        f"gave up after {tuning.request_deadline:g} s (the mirror had not sent "
+                        "its response headers in that time)",
+                        retryable=True,
+                    )
                 else:
                     failure = NetworkFailure(
                         f"gave up after {tuning.request_deadline:g} s (the mirror sent "
@@ -328,14 +336,17 @@ class HttpClient:
         host = urlsplit(url).hostname or ""
         left = deadline.left()
         try:
-            resp = self.session.get(
-                url,
-                headers=dict(headers),
-                stream=True,
-                # never longer than the time left, so a stall cannot outlast a deadline
-                timeout=(min(tuning.connect_timeout, left), min(tuning.read_timeout, left)),
-                verify=self.verify,
-                allow_redirects=True,
+            resp = _within(
+                deadline,
+                lambda: self.session.get(
+                    url,
+                    headers=dict(headers),
+                    stream=True,
+                    # never longer than the time left, so a stall cannot outlast a deadline
+                    timeout=(min(tuning.connect_timeout, left), min(tuning.read_timeout, left)),
+                    verify=self.verify,
+                    allow_redirects=True,
+                ),
             )
         except (requests.RequestException, OSError, ValueError) as exc:
             deadline.check(0, slack=_SLACK)
@@ -419,12 +430,14 @@ _SLACK = 0.05
 
 
 class _DeadlinePassed(Exception):
-    """An attempt ran out of time; ``run`` when it was the run's deadline, not the request's."""
+    """An attempt ran out of time; ``run`` when it was the run's deadline, not the request's;
+    ``in_headers`` when the response had not got past its status line and headers."""
 
-    def __init__(self, *, run: bool, received: int):
+    def __init__(self, *, run: bool, received: int, in_headers: bool = False):
         super().__init__("deadline passed")
         self.run = run
         self.received = received
+        self.in_headers = in_headers
 
 
 @dataclass(frozen=True)
@@ -441,6 +454,59 @@ class _Deadline:
     def check(self, received: int, *, slack: float = 0.0) -> None:
         if self.clock() >= self.end - slack:
             raise _DeadlinePassed(run=self.run, received=received)
+
+
+def _within(deadline: _Deadline, request: Callable[[], requests.Response]) -> requests.Response:
+    """``request()`` (a streamed GET, which returns once the headers are in), given up when
+    ``deadline`` passes.
+
+    Until the headers are in there is no socket for the watchdog to shut, and the read timeout
+    starts again with every byte: a mirror trickling its TLS handshake, status line or headers
+    (up to 100 lines of 64 KiB each) would otherwise hold the run for as long as it liked. The
+    request runs in a worker thread; past the deadline it is abandoned (a response that still
+    comes is closed) and the attempt has run out of time (:class:`_DeadlinePassed`). What it
+    raised is raised here."""
+    import threading
+
+    done = threading.Event()
+    guard = threading.Lock()
+    got: list[requests.Response] = []
+    failed: list[BaseException] = []
+    abandoned: list[bool] = []
+
+    def run() -> None:
+        response: requests.Response | None = None
+        error: BaseException = RuntimeError("the request returned nothing")
+        try:
+            response = request()
+        except BaseException as exc:  # raised again in the caller's thread
+            error = exc
+        with guard:
+            if not abandoned:
+                if response is not None:
+                    got.append(response)
+                else:
+                    failed.append(error)
+                done.set()
+                return
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+
+    worker = threading.Thread(target=run, name="tdxupdate-http", daemon=True)
+    worker.start()
+    try:
+        done.wait(deadline.left())
+    finally:
+        # A signal (raised here as Interrupted) abandons the request just as the deadline does.
+        with guard:
+            if not (got or failed):
+                abandoned.append(True)
+    if failed:
+        raise failed[0]
+    if not got:
+        raise _DeadlinePassed(run=deadline.run, received=0, in_headers=True)
+    return got[0]
 
 
 def _socket_of(resp: requests.Response) -> socket.socket | None:
