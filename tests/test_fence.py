@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,6 +244,40 @@ def test_forget_removes_the_interfaces_lock_and_fence_and_nothing_else(upload_di
     )
     assert [r.name for r in fence.registrations(other)] == ["td1"]
     fence.forget(upload_dir)  # nothing left to remove: not an error
+
+
+def test_forget_never_raises_where_the_lock_directory_cannot_be_searched(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build user's test run meets root's 0700 /run/tdxupdate: even a stat in it fails with
+    EACCES. Root passes every permission check, so as root a child process becomes nobody."""
+    base = Path(tempfile.mkdtemp(prefix="tdxupdate-fence-"))
+    run = base / "run"
+    try:
+        base.chmod(0o755)
+        run.mkdir(mode=0o700)
+        monkeypatch.setattr(lock, "HOST_LOCK_DIR", run)
+        fence.fence_dir(upload_dir).mkdir()
+        run.chmod(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                fence.forget(upload_dir)
+                code = 0
+            finally:
+                os._exit(code)
+        _, wait_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wait_status) == 0, "fence.forget raised"
+        run.chmod(0o700)
+        assert fence.fence_dir(upload_dir).is_dir()  # and it removed nothing
+    finally:
+        run.chmod(0o700)
+        shutil.rmtree(base)
 
 
 def test_forget_never_follows_a_symlink_in_place_of_the_fence(
