@@ -184,13 +184,24 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_proxy_env(monkeypatch)
 
 
-@pytest.fixture
-def trickling(ca: trustme.CA) -> Iterator[TrickleMirror]:
-    """The mapping trickles; the image is served at once."""
+def _mapping_mirror(ca: trustme.CA, **slow: bool) -> Iterator[TrickleMirror]:
+    """A mirror whose mapping is served as ``slow`` says; the image is served at once."""
     with TrickleMirror(ca) as mirror:
-        mirror.put(MAPPING, _mapping(), trickle=True)
+        mirror.put(MAPPING, _mapping(), **slow)
         mirror.put(BLOB, make_image(VERSION))
         yield mirror
+
+
+@pytest.fixture
+def trickling(ca: trustme.CA) -> Iterator[TrickleMirror]:
+    """The mapping's body trickles."""
+    yield from _mapping_mirror(ca, trickle=True)
+
+
+@pytest.fixture
+def slow_headers(ca: trustme.CA) -> Iterator[TrickleMirror]:
+    """The mapping's status line and headers trickle (its body would then come at once)."""
+    yield from _mapping_mirror(ca, slow_headers=True)
 
 
 def bounded(call: Callable[[], T]) -> T:
@@ -227,6 +238,16 @@ def small(**over: Any) -> Tuning:
     return Tuning(**base)
 
 
+def _catalog_of(mirror: TrickleMirror, bundle: Path, tmp_path: Path, tuning: Tuning) -> object:
+    """The catalog of ``mirror``, fetched with ``tuning``."""
+    with open_remote(
+        mirror.url,
+        None,
+        MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
+    ) as repo:
+        return repo.catalog()
+
+
 def store(cache_dir: Path, kind: str) -> list[str]:
     directory = cache_dir / "remote" / kind / "sha256"
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
@@ -241,17 +262,8 @@ def test_a_trickling_mapping_is_given_up_at_the_run_deadline(
 ) -> None:
     sleeps: list[float] = []
     tuning = small(sleep=sleeps.append)
-
-    def fetch() -> object:
-        with open_remote(
-            trickling.url,
-            None,
-            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
-        ) as repo:
-            return repo.catalog()
-
     with pytest.raises(TdxError) as caught:
-        bounded(fetch)
+        bounded(lambda: _catalog_of(trickling, bundle, tmp_path, tuning))
     error = caught.value
     assert (error.code, error.exit_code) == ("network-error", 74)
     # the first attempt hit the 1 s request deadline and was retried; the second ran into the
@@ -270,17 +282,8 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
     trickling: TrickleMirror, bundle: Path, tmp_path: Path
 ) -> None:
     tuning = small(retries=0, request_deadline=1.0, run_deadline=30.0)
-
-    def fetch() -> object:
-        with open_remote(
-            trickling.url,
-            None,
-            MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
-        ) as repo:
-            return repo.catalog()
-
     with pytest.raises(TdxError) as caught:
-        bounded(fetch)
+        bounded(lambda: _catalog_of(trickling, bundle, tmp_path, tuning))
     message = caught.value.message
     assert caught.value.code == "network-error"
     prefix = f"{trickling.url}mapping_file.json: gave up after 1 s (the mirror sent "
@@ -290,24 +293,6 @@ def test_one_attempt_is_cut_at_the_request_deadline_and_says_what_came(
     assert "\n" not in message
     # the bytes of the chunk the watchdog cut short are counted too
     assert int(message[len(prefix) :].split()[0]) > 0
-
-
-@pytest.fixture
-def slow_headers(ca: trustme.CA) -> Iterator[TrickleMirror]:
-    """The mapping's status line and headers trickle (its body would then come at once)."""
-    with TrickleMirror(ca) as mirror:
-        mirror.put(MAPPING, _mapping(), slow_headers=True)
-        mirror.put(BLOB, make_image(VERSION))
-        yield mirror
-
-
-def _catalog_of(mirror: TrickleMirror, bundle: Path, tmp_path: Path, tuning: Tuning) -> object:
-    with open_remote(
-        mirror.url,
-        None,
-        MirrorOptions(cache_dir=tmp_path / "cache", ca_bundle=bundle, tuning=tuning),
-    ) as repo:
-        return repo.catalog()
 
 
 def test_trickled_headers_are_cut_at_the_request_deadline(
