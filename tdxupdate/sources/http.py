@@ -468,30 +468,25 @@ def _within(deadline: _Deadline, request: Callable[[], requests.Response]) -> re
     raised is raised here."""
     import threading
 
-    done = threading.Event()
     guard = threading.Lock()
-    got: list[requests.Response] = []
-    failed: list[BaseException] = []
-    abandoned: list[bool] = []
+    done = threading.Event()  # set, under guard, when the outcome is in
+    abandoned = threading.Event()  # set, under guard, when the caller stopped waiting
+    outcome: list[requests.Response | BaseException] = []
 
     def run() -> None:
-        response: requests.Response | None = None
-        error: BaseException = RuntimeError("the request returned nothing")
+        result: requests.Response | BaseException
         try:
-            response = request()
+            result = request()
         except BaseException as exc:  # raised again in the caller's thread
-            error = exc
+            result = exc
         with guard:
-            if not abandoned:
-                if response is not None:
-                    got.append(response)
-                else:
-                    failed.append(error)
+            if not abandoned.is_set():
+                outcome.append(result)
                 done.set()
                 return
-        if response is not None:
+        if not isinstance(result, BaseException):
             with contextlib.suppress(Exception):
-                response.close()
+                result.close()
 
     worker = threading.Thread(target=run, name="tdxupdate-http", daemon=True)
     worker.start()
@@ -500,13 +495,13 @@ def _within(deadline: _Deadline, request: Callable[[], requests.Response]) -> re
     finally:
         # A signal (raised here as Interrupted) abandons the request just as the deadline does.
         with guard:
-            if not (got or failed):
-                abandoned.append(True)
-    if failed:
-        raise failed[0]
-    if not got:
+            if not done.is_set():
+                abandoned.set()
+    if not outcome:
         raise _DeadlinePassed(run=deadline.run, received=0, in_headers=True)
-    return got[0]
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _socket_of(resp: requests.Response) -> socket.socket | None:
