@@ -612,3 +612,34 @@ def test_within_gives_up_at_the_deadline_and_closes_a_response_that_comes_later(
     assert (caught.value.in_headers, caught.value.received, caught.value.run) == (True, 0, False)
     release.set()
     assert late.closed.wait(HANG_GUARD), "the abandoned response was never closed"
+
+
+def test_a_signal_while_waiting_for_the_headers_abandons_the_request() -> None:
+    """The signal's exception leaves the wait; a response that comes afterwards is closed."""
+    import os
+    import signal
+
+    from tdxupdate.sources import http as transport
+
+    class Stop(Exception):
+        pass
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise Stop
+
+    release = threading.Event()
+    late = _Late()
+
+    def stalled() -> Any:
+        os.kill(os.getpid(), signal.SIGUSR1)  # to the main thread, waiting on the outcome
+        release.wait(HANG_GUARD)
+        return late
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        with pytest.raises(Stop):
+            transport._within(_deadline(HANG_GUARD), stalled)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    release.set()
+    assert late.closed.wait(HANG_GUARD), "the abandoned response was never closed"

@@ -489,8 +489,8 @@ def _within(deadline: _Deadline, request: Callable[[], requests.Response]) -> re
                 result.close()
 
     worker = threading.Thread(target=run, name="tdxupdate-http", daemon=True)
-    worker.start()
     try:
+        worker.start()  # waits for the worker to begin: a signal can land here too
         done.wait(deadline.left())
     finally:
         # A signal (raised here as Interrupted) abandons the request just as the deadline does.
