@@ -10,6 +10,7 @@ when the mount is busy.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tdxupdate import fence
 from tdxupdate.errors import IOFailure, Unavailable
 from tdxupdate.sim.config import SimConfig
 
@@ -172,10 +174,18 @@ def _wait_ready(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def unmount(mountpoint: Path, *, lazy_fallback: bool = True) -> None:
-    """Unmount an emulator; IOFailure when it cannot be unmounted."""
+    """Unmount an emulator; IOFailure when it cannot be unmounted.
+
+    First the host lock and fence each of its upload interfaces took under /run/tdxupdate go
+    (:func:`tdxupdate.fence.forget`, keyed by the resolved path, so while still mounted): the
+    host goes away, and every way it does passes here (a session's teardown, ``tdxupdate-sim
+    umount``, the watch on a throw-away host's parent)."""
     mountpoint = Path(mountpoint)
     if not is_mounted(mountpoint):
         raise IOFailure(f"{mountpoint}: no emulator is mounted there")
+    with contextlib.suppress(OSError):
+        for upload_dir in (mountpoint / "sys/class/firmware").iterdir():
+            fence.forget(upload_dir)
     attempts: list[list[str]] = []
     tool = fusermount()
     if tool is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxupdate import fence, signals
+from tdxupdate import signals
 from tdxupdate.errors import IOFailure, UsageError
 from tdxupdate.sim.config import SimConfig
 from tdxupdate.sim.mount import is_mounted, require_fuse, start_daemon, unmount, wait_exit
@@ -118,8 +118,6 @@ def simulated_host(
         with signals.critical():
             pid = start_daemon(mountpoint, config, exit_with_parent=True)
             stack.callback(_teardown, mountpoint, pid)
-            # Runs first (last registered), while the host is still mounted.
-            stack.callback(_forget_interfaces, mountpoint)
         control, state = host_controls(mountpoint)
         yield SimHost(
             sysroot=mountpoint,
@@ -132,14 +130,6 @@ def simulated_host(
             config=config,
             pid=pid,
         )
-
-
-def _forget_interfaces(mountpoint: Path) -> None:
-    """The host lock and fence each upload interface of this host took under /run/tdxupdate:
-    the host goes away with the session, and a new one never has the same path."""
-    with contextlib.suppress(OSError):
-        for upload_dir in (mountpoint / "sys/class/firmware").iterdir():
-            fence.forget(upload_dir)
 
 
 def _remove_unmounted(base: Path, mountpoint: Path) -> None:

@@ -19,6 +19,7 @@ from sim.helpers import (
     mounts_under,
     read,
 )
+from tdxupdate import fence, lock
 from tdxupdate.sim.cli import main as sim_main
 
 pytestmark = pytest.mark.fuse
@@ -43,6 +44,27 @@ def test_cli_mount_and_umount_leave_nothing_behind(tmp_path: Path) -> None:
         assert sim_main(["umount", str(target)]) == 0
     assert mounts_under(target) == []
     assert sim_main(["umount", str(target)]) == 74
+
+
+def test_cli_umount_removes_the_hosts_lock_and_fence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What updates of the mounted host left under /run/tdxupdate goes with it, as for a
+    session's host: ``unmount`` itself forgets them."""
+    require_fuse()
+    run = tmp_path / "run"
+    monkeypatch.setattr(lock, "HOST_LOCK_DIR", run)
+    target = tmp_path / "host"
+    rc = subprocess.run([sys.executable, "-m", "tdxupdate.sim", "mount", str(target)], check=False)
+    assert rc.returncode == 0
+    try:
+        [interface] = (target / "sys/class/firmware").iterdir()
+        lock.acquire_host(interface).release()
+        fence.register(interface, "td1")
+        assert len(list(run.iterdir())) == 2
+    finally:
+        assert sim_main(["umount", str(target)]) == 0
+    assert list(run.iterdir()) == []
 
 
 def test_cli_rejects_bad_settings_with_64(capsys: pytest.CaptureFixture[str]) -> None:
