@@ -1,5 +1,5 @@
 """``python -m tdxupdate`` is the same as the ``tdxupdate`` command."""
 
-from tdxupdate.cli import main
+from tdxupdate.entry import main
 
 raise SystemExit(main())

@@ -271,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     _log.setup(0)
     restore = _signals.install()
+    # What arrived while a replay was being tried (tdxupdate.replay) now meets the handlers.
+    from tdxupdate import replay
+
+    replay.unblock()
     try:
         return _main(args, as_json, started)
     finally:
@@ -313,6 +317,7 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
         settings = settings_from_options(opts)
         settings = replace(settings, download_progress=_download_progress(settings))
         settings = load_operator_files(settings)
+        _may_replay(settings, opts["simulate"] is None)
         if opts["simulate"] is not None:
             with _simulation(settings, opts["simulate"]) as simulated:
                 report = run_action(simulated)
@@ -340,6 +345,25 @@ def _main(args: list[str], as_json: bool, started: float) -> int:
 
             traceback.print_exc()
     return _fail(err, as_json)
+
+
+def _may_replay(settings: Settings, real_host: bool) -> None:
+    """Tell :mod:`tdxupdate.replay` whether this run is a listing a later run may repeat from
+    its record: a plain local ``--list`` that writes nothing but its output."""
+    from tdxupdate import replay
+
+    if not replay.recording():
+        return
+    from tdxupdate.inventory import is_local
+
+    replay.accept(
+        settings.cache_dir,
+        eligible=real_host
+        and settings.action == "list"
+        and settings.metrics_file is None
+        and settings.verbosity <= 0
+        and is_local(settings),
+    )
 
 
 def _fail(exc: TdxError, as_json: bool) -> int:

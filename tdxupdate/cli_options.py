@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tdxupdate import __version__
+from tdxupdate import __version__, replay
 from tdxupdate.errors import UsageError, exit_table
 from tdxupdate.settings import (
     DEFAULT_FENCE_TIMEOUT,
@@ -61,6 +61,16 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]
         if not math.isfinite(seconds) or seconds <= 0:
             self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
         return seconds
+
+
+class CheckedPath(click.Path):
+    """``click.Path``, whose checks (the path exists, is a file or a directory, is readable)
+    are inputs of a listing too: :mod:`tdxupdate.replay` repeats them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        replay.note_clickpath(value)
+        return converted
 
 
 def _cpu_arg(value: str) -> int:
@@ -159,7 +169,7 @@ def _complete_profile(
 @click.option(
     "--sysroot",
     envvar="TDXUPDATE_SYSROOT",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=CheckedPath(file_okay=False, path_type=Path),
     default=Path("/"),
     show_default=True,
     help="Read and write /sys and /proc under this directory. [env TDXUPDATE_SYSROOT]",
@@ -216,7 +226,7 @@ def _complete_profile(
 @click.option(
     "--state-dir",
     envvar="TDXUPDATE_STATE_DIR",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=CheckedPath(file_okay=False, path_type=Path),
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where the lock and history.jsonl live. [env TDXUPDATE_STATE_DIR]",
@@ -225,13 +235,13 @@ def _complete_profile(
     "--trusted-keys",
     "trusted_keys",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=CheckedPath(path_type=Path),
     metavar="FILE",
     help="Extra trusted signers: SHA-256 modulus fingerprints, one per line.",
 )
 @click.option(
     "--allowlist",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CheckedPath(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
     shell_complete=_complete_file,
@@ -242,7 +252,7 @@ def _complete_profile(
 )
 @click.option(
     "--tcb-info",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CheckedPath(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
     shell_complete=_complete_file,
@@ -272,6 +282,7 @@ def _complete_profile(
 )
 @click.option(
     "--cache-dir",
+    # not a CheckedPath: a listing creates it, and a replay opens it as a directory itself
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="DIR",
@@ -283,7 +294,7 @@ def _complete_profile(
 )
 @click.option(
     "--ca-bundle",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CheckedPath(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
     help=(
@@ -299,14 +310,14 @@ def _complete_profile(
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CheckedPath(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE",
     help="Configuration file. [default: /etc/tdxupdate.conf; env TDXUPDATE_CONFIG]",
 )
 @click.option(
     "--metrics-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CheckedPath(dir_okay=False, path_type=Path),
     default=None,
     metavar="PATH",
     help="After the run, write a Prometheus node-exporter textfile here.",

@@ -30,6 +30,7 @@ from types import TracebackType
 
 from tdxupdate.errors import PermissionDenied
 from tdxupdate.trustedfile import unsafe as _unsafe_file
+from tdxupdate.trustedfile import unsafe_dir
 
 __all__ = ["DIR_MODE", "SafeDir", "UnsafePath", "open_dir", "open_existing", "unsafe_dir"]
 
@@ -40,17 +41,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 class UnsafePath(PermissionDenied):
     """A directory or file that someone other than root or this user could have put there."""
-
-
-def unsafe_dir(st: os.stat_result, *, any_owner: bool = False) -> str | None:
-    """Why a directory with this status cannot hold tdxupdate's files, or None."""
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a directory"
-    if not any_owner and st.st_uid not in (0, os.geteuid()):
-        return f"is owned by uid {st.st_uid}, not by root or the user running tdxupdate"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
 
 
 class SafeDir:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tdxupdate import replay
+
 __all__ = ["ATTR_LIMIT", "Sysroot", "Writer"]
 
 #: A sysfs attribute is at most a page.
@@ -89,52 +91,82 @@ class Sysroot:
 
     def stat(self, path: Path) -> os.stat_result:
         """``os.stat`` (following symlinks); raises OSError."""
-        return os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            replay.note_error(b"stat", path, 0, exc)
+            raise
+        replay.note(b"stat", path, 0, *replay.stat_parts(st))
+        return st
 
     def exists(self, path: Path) -> bool:
         # os.path (not Path.exists, which raises on EACCES in 3.11): a path we cannot see is
         # absent; a dangling symlink exists.
-        return os.path.lexists(path)
+        found = os.path.lexists(path)
+        replay.note(b"lexists", path, 0, int(found))
+        return found
 
     def is_dir(self, path: Path) -> bool:
-        return os.path.isdir(path)
+        found = os.path.isdir(path)
+        replay.note(b"isdir", path, 0, int(found))
+        return found
 
     def listdir(self, path: Path) -> list[str]:
         """The names in a directory, sorted; raises OSError."""
-        return sorted(os.listdir(path))
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            replay.note_error(b"listdir", path, 0, exc)
+            raise
+        replay.note(b"listdir", path, 0, *replay.names_parts(names))
+        return names
 
     def realpath(self, path: Path) -> str:
         """Where ``path`` leads once every symlink is followed (``os.path.realpath``)."""
-        return os.path.realpath(path)
+        found = os.path.realpath(path)
+        replay.note(b"realpath", path, 0, os.fsencode(found))
+        return found
 
     # ----------------------------------------------------------------- operations
 
     def read(self, path: Path, limit: int = ATTR_LIMIT) -> bytes:
         """At most ``limit`` bytes of ``path``, read until EOF or the cap; raises OSError."""
-        fd = self.open_fd(path, os.O_RDONLY)
         try:
-            chunks: list[bytes] = []
-            total = 0
-            while total < limit:
-                chunk = self.read_fd(fd, min(_CHUNK, limit - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-            return b"".join(chunks)
-        finally:
-            self.close_fd(fd)
+            fd = self.open_fd(path, os.O_RDONLY)
+            try:
+                chunks: list[bytes] = []
+                total = 0
+                while total < limit:
+                    chunk = self.read_fd(fd, min(_CHUNK, limit - total))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+            finally:
+                self.close_fd(fd)
+        except OSError as exc:
+            replay.note_error(b"read", path, limit, exc)
+            raise
+        data = b"".join(chunks)
+        replay.note(b"read", path, limit, b"D", data)
+        return data
 
     def read_once(self, path: Path, limit: int = ATTR_LIMIT) -> bytes:
         """One ``read()`` of at most ``limit`` bytes from a fresh open: a sysfs ``show()``.
 
         Re-opening for every read is as cheap as pread on a kept fd and cannot be served from
         a stale page cache (FUSE without direct_io keeps one per open file)."""
-        fd = self.open_fd(path, os.O_RDONLY)
         try:
-            return self.read_fd(fd, limit)
-        finally:
-            self.close_fd(fd)
+            fd = self.open_fd(path, os.O_RDONLY)
+            try:
+                data = self.read_fd(fd, limit)
+            finally:
+                self.close_fd(fd)
+        except OSError as exc:
+            replay.note_error(b"read1", path, limit, exc)
+            raise
+        replay.note(b"read1", path, limit, b"D", data)
+        return data
 
     def write(self, path: Path, data: bytes) -> None:
         """One open and one ``write()`` of ``data`` (a sysfs ``store()``); raises OSError.

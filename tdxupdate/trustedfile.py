@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+
+from tdxupdate import replay
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (tdxupdate.replay)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class TooLarge(Exception):
@@ -33,15 +38,32 @@ def unsafe(st: os.stat_result) -> str | None:
     return None
 
 
+def unsafe_dir(st: os.stat_result, *, any_owner: bool = False) -> str | None:
+    """Why a directory with this status cannot hold tdxupdate's files, or None."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if not any_owner and st.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {st.st_uid}, not by root or the user running tdxupdate"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
 def read_capped(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
     """At most ``limit`` bytes of ``path`` and its status; :class:`TooLarge` beyond that.
 
-    Raises the usual OSErrors (``FileNotFoundError``, ``IsADirectoryError``, ...).
+    Raises the usual OSErrors (``FileNotFoundError``, ``IsADirectoryError``, ...). What it read
+    is an input of a listing (:func:`tdxupdate.replay.note`).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        replay.note_error(b"capped", path, limit, exc)
+        raise
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
+            replay.poison("a directory given as a file")
             raise IsADirectoryError(21, "Is a directory", str(path))
         chunks: list[bytes] = []
         total = 0
@@ -52,7 +74,13 @@ def read_capped(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:  # read, not st_size: devices and pipes have none
+                replay.poison("a file over its size limit")
                 raise TooLarge(path)
-        return b"".join(chunks), st
+    except OSError as exc:
+        replay.note_error(b"capped", path, limit, exc)
+        raise
     finally:
         os.close(fd)
+    data = b"".join(chunks)
+    replay.note(b"capped", path, limit, *replay.stat_parts(st), data)
+    return data, st

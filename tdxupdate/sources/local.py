@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from tdxupdate import fsio
+from tdxupdate import fsio, replay
 from tdxupdate.catalog import MAX_MAPPING_SIZE, Catalog, parse_catalog, too_large
 from tdxupdate.errors import InvalidImage, NotFound
 from tdxupdate.image import HEAD_SIZE, MAX_IMAGE_SIZE
@@ -32,7 +32,10 @@ class LocalRepository:
         self.root = root
         self.location = str(root)
         self.mapping_path = mapping if mapping is not None else root / MAPPING_NAME
-        if not root.is_dir():
+        is_dir = root.is_dir()
+        replay.note(b"isdir", root, 0, int(is_dir))
+        if not is_dir:
+            replay.poison("no repository")
             if root.exists():
                 raise NotFound(f"{root}: not a directory", code="repository-not-found")
             raise NotFound(f"{root}: module repository does not exist", code="repository-not-found")
@@ -52,15 +55,19 @@ class LocalRepository:
         try:
             with os.scandir(joined) as entries:
                 stream_dirs = sorted(e.path for e in entries if e.is_dir())
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            replay.note_error(b"subdirs", joined, 0, exc)
             return found
         except OSError as exc:
             raise fsio.os_error(exc, joined) from exc
+        streams = (os.path.basename(d) for d in stream_dirs)
+        replay.note(b"subdirs", joined, 0, *replay.names_parts(streams))
         for stream_dir in stream_dirs:
             try:
                 names = sorted(os.listdir(stream_dir))
             except OSError as exc:
                 raise fsio.os_error(exc, stream_dir) from exc
+            replay.note(b"listdir", stream_dir, 0, *replay.names_parts(names))
             for name in names:
                 m = BLOB_RE.match(name)
                 if m is None:
@@ -120,10 +127,12 @@ def read_head(path: Path | str) -> tuple[bytes, int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        replay.note_error(b"head", path, HEAD_SIZE, exc)
         raise fsio.os_error(exc, Path(path), _IMAGE_CASES) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
+            replay.note(b"head", path, HEAD_SIZE, b"N")
             raise InvalidImage(f"{path}: not a regular file")
         chunks = [os.read(fd, HEAD_SIZE)]
         got = len(chunks[0])
@@ -131,10 +140,13 @@ def read_head(path: Path | str) -> tuple[bytes, int]:
             chunks.append(more)
             got += len(more)
     except OSError as exc:
+        replay.note_error(b"head", path, HEAD_SIZE, exc)
         raise fsio.os_error(exc, Path(path), _IMAGE_CASES) from exc
     finally:
         os.close(fd)
-    return b"".join(chunks) if len(chunks) > 1 else chunks[0], st.st_size
+    head = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+    replay.note(b"head", path, HEAD_SIZE, b"D", st.st_size, head)
+    return head, st.st_size
 
 
 def read_image(path: Path, max_size: int = MAX_IMAGE_SIZE) -> bytes:
@@ -180,11 +192,13 @@ def load_catalog(path: Path | str) -> Catalog:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
+        replay.note_error(b"whole", path, MAX_MAPPING_SIZE, exc)
         raise fsio.os_error(exc, source, _MAPPING_CASES) from None
     chunks: list[bytes] = []
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
+            replay.note(b"whole", path, MAX_MAPPING_SIZE, b"I")
             raise NotFound(
                 f"{source}: is a directory, not a mapping file", code="mapping-not-found"
             )
@@ -193,9 +207,13 @@ def load_catalog(path: Path | str) -> Catalog:
             chunks.append(chunk)
             total += len(chunk)
             if total > MAX_MAPPING_SIZE:  # read, not st_size: devices and pipes have none
+                replay.poison("a mapping file over its size limit")
                 raise too_large(source)
     except OSError as exc:
+        replay.note_error(b"whole", path, MAX_MAPPING_SIZE, exc)
         raise fsio.os_error(exc, source) from None
     finally:
         os.close(fd)
-    return parse_catalog(b"".join(chunks), source)
+    data = b"".join(chunks)
+    replay.note(b"whole", path, MAX_MAPPING_SIZE, b"D", data)
+    return parse_catalog(data, source)
