@@ -463,8 +463,7 @@ def _store(directory: Any, name: str, record: bytes) -> None:
     fd = directory.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(record)
-            os.fchmod(out.fileno(), 0o644)
+            out.write(record)  # 0600: it holds what root read, some of it root's only to read
         directory.replace(tmp, name)
     except BaseException:
         with _quiet():
