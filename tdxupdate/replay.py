@@ -110,10 +110,24 @@ def _loop_read(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _open(path: bytes, flags: int) -> int | None:
+    """``path`` opened for a second read, or None when that read could change or wait for what
+    it reads: only a regular file (or /dev/null) is read again, never a pipe, a FIFO or a
+    terminal (O_NONBLOCK: opening a FIFO does not wait for a writer). A full run that read one
+    then always misses, and the full run reads it itself, unconsumed."""
+    fd = os.open(path, flags | os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    if stat.S_ISREG(os.fstat(fd).st_mode) or path == os.fsencode(os.devnull):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _op_read(path: bytes, limit: int) -> tuple[Part, ...]:
     """:meth:`Sysroot.read`: until EOF or ``limit`` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, 0)
+        if fd is None:
+            return (b"X",)
         try:
             return (b"D", _loop_read(fd, limit))
         finally:
@@ -125,7 +139,9 @@ def _op_read(path: bytes, limit: int) -> tuple[Part, ...]:
 def _op_read1(path: bytes, limit: int) -> tuple[Part, ...]:
     """:meth:`Sysroot.read_once`: one ``read()``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, 0)
+        if fd is None:
+            return (b"X",)
         try:
             return (b"D", os.read(fd, limit))
         finally:
@@ -186,7 +202,9 @@ def _op_capped(path: bytes, limit: int) -> tuple[Part, ...]:
     """:func:`tdxupdate.trustedfile.read_capped`: up to one byte more than ``limit``, with the
     owner and mode its caller judges."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = _open(path, os.O_NOCTTY)
+        if fd is None:
+            return (b"X",)
         try:
             st = os.fstat(fd)
             return (*stat_parts(st), _loop_read(fd, limit + 1))
@@ -197,7 +215,7 @@ def _op_capped(path: bytes, limit: int) -> tuple[Part, ...]:
 
 
 def _op_head(path: bytes, limit: int) -> tuple[Part, ...]:
-    """:func:`tdxupdate.sources.local.read_head`."""
+    """:func:`tdxupdate.sources.local.read_head` (which reads nothing of a non-regular file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -215,11 +233,13 @@ def _op_whole(path: bytes, limit: int) -> tuple[Part, ...]:
     """:func:`tdxupdate.sources.local.load_catalog`: until EOF, at most one chunk past
     ``limit``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 return (b"I",)
+            if not stat.S_ISREG(st.st_mode) and path != os.fsencode(os.devnull):
+                return (b"X",)
             return (b"D", _loop_read(fd, limit + 1))
         finally:
             os.close(fd)
@@ -275,15 +295,24 @@ class _Tee:
         self._tape = tape
 
     def write(self, text: str) -> int:
-        n = self._stream.write(text)
-        if type(text) is str:
-            self._tape.out.append((self._fd, text))
-        else:
+        if type(text) is not str:
+            n = self._stream.write(text)  # click probes with b"": a text stream refuses it
             self._tape.poison("a non-text write")
+            return n
+        try:
+            n = self._stream.write(text)
+        except BaseException:  # stdout closed, full, gone: what was shown is not all there is
+            self._tape.poison("a write failed")
+            raise
+        self._tape.out.append((self._fd, text))
         return n
 
     def flush(self) -> None:
-        self._stream.flush()
+        try:
+            self._stream.flush()
+        except BaseException:
+            self._tape.poison("a flush failed")
+            raise
 
     def isatty(self) -> bool:
         return self._stream.isatty()
@@ -395,8 +424,10 @@ def end(code: int) -> None:
 
 def _code_files() -> list[bytes]:
     """The tool's own files: the package (code and data) and every module imported from
-    outside the standard library."""
-    stdlib = os.path.dirname(os.__file__)
+    outside the standard library (site-packages and dist-packages count as outside, wherever
+    they lie)."""
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    installed = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
     found: set[str] = set()
     package = os.path.dirname(os.path.abspath(__file__))
     for top, dirs, files in os.walk(package):
@@ -404,10 +435,10 @@ def _code_files() -> list[bytes]:
         found.update(os.path.join(top, f) for f in files)
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
-        if isinstance(path, str) and not path.startswith(stdlib + os.sep):
+        if not isinstance(path, str):
+            continue
+        if not path.startswith(stdlib) or any(part in path for part in installed):
             found.add(os.path.abspath(path))
-    # An installed file is compared by its status: where a module's directory lies beside the
-    # standard library (site-packages inside it), it is still listed, by the test above.
     return sorted(os.fsencode(p) for p in found)
 
 

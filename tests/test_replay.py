@@ -557,7 +557,8 @@ def test_the_command_replays_across_processes_and_records_again_after_a_change(
 @pytest.mark.parametrize("replayed", [False, True], ids=["full", "replay"])
 def test_a_closed_stdout_is_quiet_and_keeps_the_exit_status(world: World, replayed: bool) -> None:
     if replayed:
-        assert _command(world, capture_output=True).returncode == 0
+        whole = _command(world, capture_output=True)
+        assert whole.returncode == 0
     read, write = os.pipe()
     os.close(read)
     try:
@@ -567,3 +568,24 @@ def test_a_closed_stdout_is_quiet_and_keeps_the_exit_status(world: World, replay
     assert done.returncode == 0
     assert b"Traceback" not in done.stderr
     assert b"lacks update compatibility" in done.stderr
+    if not replayed:
+        # what a closed stdout did not show is not a listing to repeat
+        assert world.records == []
+        whole = _command(world, capture_output=True)
+    again = _command(world, capture_output=True)
+    assert again.stdout == whole.stdout
+    assert b"1.5.09" in again.stdout
+
+
+def test_a_mapping_file_read_from_a_pipe_is_never_read_twice(world: World) -> None:
+    """``--mapping /dev/stdin``: a replay must not consume the pipe to compare it (the full
+    run would then read nothing); it misses without reading, and the full run reads it."""
+    mapping = (world.repo / "mapping_file.json").read_bytes()
+    first = _command(world, "--mapping", "/dev/stdin", input=mapping, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    shorter = mapping.replace(b'"2.0.02"', b'"2.0.03"')  # a release the repository lacks
+    second = _command(world, "--mapping", "/dev/stdin", input=shorter, capture_output=True)
+    assert second.returncode == 0, second.stderr
+    assert b"2.0.03" in second.stdout
+    third = _command(world, "--mapping", "/dev/stdin", input=mapping, capture_output=True)
+    assert (third.returncode, third.stdout) == (0, first.stdout)
