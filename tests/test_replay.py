@@ -53,6 +53,12 @@ class World:
         self.keys = root / "trusted-keys"
         self.keys.write_text(f"{test_key().fingerprint}\n")
         self.cache = root / "cache"
+        # The host tree has the kernel's modes (a write-only ``cancel``, read-only counters);
+        # the tests read, copy and rewrite every file, also as a non-root build user. Only the
+        # owner's bits are added: what group and others may do is as the tree made it.
+        for path in self.host.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | (0o700 if path.is_dir() else 0o600))
 
     def args(self, *extra: str) -> list[str]:
         return [
