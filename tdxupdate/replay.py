@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - an interpreter built without it
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (mypy knows the name)
 if TYPE_CHECKING:  # annotations only: typing and collections.abc cost a start-up
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from typing import Any, TextIO
 
 __all__ = ["MAX_RECORDS", "accept", "begin", "note", "poison", "replay", "unblock"]
@@ -122,32 +122,29 @@ def _open(path: bytes, flags: int) -> int | None:
     return None
 
 
-def _op_read(path: bytes, limit: int) -> tuple[Part, ...]:
-    """:meth:`Sysroot.read`: until EOF or ``limit`` bytes."""
+def _reread(path: bytes, flags: int, body: Callable[[int], tuple[Part, ...]]) -> tuple[Part, ...]:
+    """``body`` of ``path`` opened by :func:`_open`; ``X`` for a file not read again, the errno
+    of a failed open or read."""
     try:
-        fd = _open(path, 0)
+        fd = _open(path, flags)
         if fd is None:
             return (b"X",)
         try:
-            return (b"D", _loop_read(fd, limit))
+            return body(fd)
         finally:
             os.close(fd)
     except OSError as exc:
         return _errno(exc)
+
+
+def _op_read(path: bytes, limit: int) -> tuple[Part, ...]:
+    """:meth:`Sysroot.read`: until EOF or ``limit`` bytes."""
+    return _reread(path, 0, lambda fd: (b"D", _loop_read(fd, limit)))
 
 
 def _op_read1(path: bytes, limit: int) -> tuple[Part, ...]:
     """:meth:`Sysroot.read_once`: one ``read()``."""
-    try:
-        fd = _open(path, 0)
-        if fd is None:
-            return (b"X",)
-        try:
-            return (b"D", os.read(fd, limit))
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        return _errno(exc)
+    return _reread(path, 0, lambda fd: (b"D", os.read(fd, limit)))
 
 
 def stat_parts(st: os.stat_result) -> tuple[Part, ...]:
@@ -201,17 +198,9 @@ def _op_realpath(path: bytes, _param: int) -> tuple[Part, ...]:
 def _op_capped(path: bytes, limit: int) -> tuple[Part, ...]:
     """:func:`tdxupdate.trustedfile.read_capped`: up to one byte more than ``limit``, with the
     owner and mode its caller judges."""
-    try:
-        fd = _open(path, os.O_NOCTTY)
-        if fd is None:
-            return (b"X",)
-        try:
-            st = os.fstat(fd)
-            return (*stat_parts(st), _loop_read(fd, limit + 1))
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        return _errno(exc)
+    return _reread(
+        path, os.O_NOCTTY, lambda fd: (*stat_parts(os.fstat(fd)), _loop_read(fd, limit + 1))
+    )
 
 
 def _op_head(path: bytes, limit: int) -> tuple[Part, ...]:
@@ -335,14 +324,16 @@ class _Tee:
 
 
 class _Tape:
-    def __init__(self, args: Sequence[str], key: bytes, cache_dir: str) -> None:
-        self.args = list(args)
+    def __init__(self, key: bytes, cache_dir: str) -> None:
         self.key = key
         self.cache_dir = cache_dir
         self.ops: list[tuple[bytes, bytes, int]] = []
         self.digest = _hash()
         self.out: list[tuple[int, str]] = []
-        self.why_not: str | None = "the run did not say it may be recorded"
+        #: the full run said it may be recorded (:func:`accept`)
+        self.accepted = False
+        #: why it may not be after all, whatever it said
+        self.why_not: str | None = None
         self.streams: tuple[Any, Any] = (sys.stdout, sys.stderr)
 
     def poison(self, why: str) -> None:
@@ -384,7 +375,7 @@ def begin(args: Sequence[str]) -> bool:
     if found is None:
         return False
     key, cache_dir = found
-    tape = _Tape(args, key, cache_dir)
+    tape = _Tape(key, cache_dir)
     out, err = tape.streams
     sys.stdout = _Tee(out, 1, tape)
     sys.stderr = _Tee(err, 2, tape)
@@ -400,10 +391,10 @@ def accept(cache_dir: os.PathLike[str] | str | None, *, eligible: bool) -> None:
         return
     if not eligible:
         tape.poison("not a plain local listing")
-    elif os.path.abspath(os.fspath(cache_dir or _default_cache_dir())) != tape.cache_dir:
+    elif os.path.abspath(os.fspath(cache_dir or default_cache_dir())) != tape.cache_dir:
         tape.poison("the cache directory comes from the configuration file")
-    elif tape.why_not == "the run did not say it may be recorded":
-        tape.why_not = None
+    else:
+        tape.accepted = True
 
 
 def end(code: int) -> None:
@@ -414,7 +405,7 @@ def end(code: int) -> None:
     if tape is None:
         return
     sys.stdout, sys.stderr = tape.streams
-    if code != 0 or tape.why_not is not None:
+    if code != 0 or not tape.accepted or tape.why_not is not None:
         return
     try:
         _write(tape, code)
@@ -532,8 +523,9 @@ def _quiet() -> Any:
 # --- where a record would be -----------------------------------------------------------------
 
 
-def _default_cache_dir() -> str:
-    """:func:`tdxupdate.settings.default_cache_dir`, without importing pathlib."""
+def default_cache_dir() -> str:
+    """``/var/cache/tdxupdate`` for root, ``$XDG_CACHE_HOME/tdxupdate`` otherwise (the rule
+    :func:`tdxupdate.settings.default_cache_dir` gives as a Path), without importing pathlib."""
     if os.geteuid() == 0:
         return "/var/cache/tdxupdate"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -554,7 +546,7 @@ def _where(args: Sequence[str]) -> tuple[bytes, str] | None:
         elif arg.startswith("--cache-dir="):
             cache_dir = arg.partition("=")[2]
     try:
-        cache_dir = os.path.abspath(cache_dir or _default_cache_dir())
+        cache_dir = os.path.abspath(cache_dir or default_cache_dir())
         cwd = os.getcwd()
         streams = []
         for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
@@ -640,7 +632,7 @@ def replay(args: Sequence[str], *, hold_signals: bool = True) -> int | None:
 def _load(key: bytes, cache_dir: str) -> tuple[int, list[tuple[int, int]], int] | None:
     """The record of ``key`` when every input it names reads as it did: its exit status, its
     output chunks and the open record positioned at the output; None otherwise."""
-    from tdxupdate.trustedfile import unsafe, unsafe_dir
+    from tdxupdate.trustedfile import unsafe_dir
 
     top = os.open(cache_dir, _DIR_FLAGS)
     try:
@@ -656,7 +648,7 @@ def _load(key: bytes, cache_dir: str) -> tuple[int, list[tuple[int, int]], int] 
     finally:
         os.close(sub)
     try:
-        found = _check(fd, key, unsafe)
+        found = _check(fd, key)
     except BaseException:
         os.close(fd)
         raise
@@ -665,7 +657,9 @@ def _load(key: bytes, cache_dir: str) -> tuple[int, list[tuple[int, int]], int] 
     return found
 
 
-def _check(fd: int, key: bytes, unsafe: Any) -> tuple[int, list[tuple[int, int]], int] | None:
+def _check(fd: int, key: bytes) -> tuple[int, list[tuple[int, int]], int] | None:
+    from tdxupdate.trustedfile import unsafe
+
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or unsafe(st) is not None or st.st_size > MAX_RECORD:
         return None

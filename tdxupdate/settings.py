@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,11 +20,11 @@ DEFAULT_FENCE_TIMEOUT = 300.0
 
 
 def default_cache_dir() -> Path:
-    """``/var/cache/tdxupdate`` for root, ``$XDG_CACHE_HOME/tdxupdate`` otherwise."""
-    if os.geteuid() == 0:
-        return Path("/var/cache/tdxupdate")
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tdxupdate"
+    """``/var/cache/tdxupdate`` for root, ``$XDG_CACHE_HOME/tdxupdate`` otherwise (one rule
+    with the replay, which finds its records there before pathlib is imported)."""
+    from tdxupdate import replay
+
+    return Path(replay.default_cache_dir())
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ class Sysroot:
         except OSError as exc:
             replay.note_error(b"listdir", path, 0, exc)
             raise
-        replay.note(b"listdir", path, 0, *replay.names_parts(names))
+        if replay.recording():  # names_parts sorts and encodes: only for a record
+            replay.note(b"listdir", path, 0, *replay.names_parts(names))
         return names
 
     def realpath(self, path: Path) -> str:

@@ -22,7 +22,7 @@ from factories.hosts import build_host_tree
 from factories.images import Release, make_image, mapping_document, test_key, write_repo
 
 from tdxupdate import cli, config, entry, replay
-from tdxupdate.errors import TERMINATING_SIGNALS
+from tdxupdate.errors import EXIT_CODES, TERMINATING_SIGNALS
 
 SPR = (0x806F8, 0xC06F0)
 VERSIONS = ("1.5.06", "1.5.08", "1.5.09", "2.0.02")
@@ -472,6 +472,12 @@ def test_at_most_max_records_are_kept(
 
 def test_the_replay_holds_the_signals_tdxupdate_handles() -> None:
     assert set(replay._SIGNALS) == set(TERMINATING_SIGNALS)
+
+
+def test_the_replays_own_copies_of_shared_rules_agree() -> None:
+    """Written out so that a replay imports nothing: the exit status of an unwritable output
+    is io-error's."""
+    assert EXIT_CODES["io-error"] == replay._IO_ERROR
 
 
 @pytest.fixture

@@ -60,14 +60,16 @@ class LocalRepository:
             return found
         except OSError as exc:
             raise fsio.os_error(exc, joined) from exc
-        streams = (os.path.basename(d) for d in stream_dirs)
-        replay.note(b"subdirs", joined, 0, *replay.names_parts(streams))
+        if replay.recording():  # names_parts sorts and encodes: only for a record
+            streams = (os.path.basename(d) for d in stream_dirs)
+            replay.note(b"subdirs", joined, 0, *replay.names_parts(streams))
         for stream_dir in stream_dirs:
             try:
                 names = sorted(os.listdir(stream_dir))
             except OSError as exc:
                 raise fsio.os_error(exc, stream_dir) from exc
-            replay.note(b"listdir", stream_dir, 0, *replay.names_parts(names))
+            if replay.recording():
+                replay.note(b"listdir", stream_dir, 0, *replay.names_parts(names))
             for name in names:
                 m = BLOB_RE.match(name)
                 if m is None:
